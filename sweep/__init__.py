@@ -1,0 +1,13 @@
+"""sweep: hyperparameter sweeps for deep retrieval recommenders.
+
+The product runs Keras 3 on the JAX backend. The backend is chosen here, before
+any module of the package imports keras, because keras reads it once at import.
+"""
+
+import os
+
+os.environ["KERAS_BACKEND"] = "jax"
+# TensorFlow (data cache builds, serving export) logs C++ INFO lines otherwise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"

@@ -1,0 +1,160 @@
+"""The `sweep` command: each verb parses its arguments and calls one module.
+
+User mistakes (`SweepError`) print as one line on stderr and exit with code 1;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+from sweep.errors import SweepError, TrialFailed
+
+DATA_SOURCE_HELP = (
+    "where MovieLens 100k comes from: auto (tfds's prepared copy, then "
+    "$SWEEP_MOVIELENS_DIR, then the recbole wheel's copy, then a tfds download), "
+    "tfds, recbole, or grouplens:PATH (a GroupLens ml-100k folder)"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number; expected one of at least 1"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is below 1; expected at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number; expected a positive one such as 0.05"
+        ) from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not positive and finite; expected e.g. 0.05"
+        )
+    return value
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Trains one configuration and prints its validations and the best one."""
+    from sweep import data, train
+
+    config = train.TrainConfig(
+        depth=args.depth,
+        width=args.width,
+        embedding_dim=args.embedding_dim,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        validation_freq=args.validation_freq,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    features = data.load(args.data_source, log=log)
+    log(
+        f"training layer sizes {list(config.layer_sizes)}, embedding "
+        f"{config.embedding_dim}, Adagrad {config.learning_rate}, "
+        f"{config.epochs} epochs"
+    )
+
+    def report(v: train.Validation) -> None:
+        log(
+            f"epoch {v.epoch:3d}  val_loss {v.val_loss:.4f}  "
+            f"val_top100_accuracy {v.val_top100_accuracy:.4f}"
+        )
+
+    result = train.train(config, features, on_validation=report)
+    if args.json:
+        print(json.dumps(result.summary()))
+    else:
+        print(
+            f"best val_top100_accuracy {result.best.val_top100_accuracy:.4f} at "
+            f"epoch {result.best.epoch} ({result.train_seconds:.1f} s)"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb."""
+    parser = _Parser(prog="sweep", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks of errors"
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    train = verbs.add_parser(
+        "train", help=cmd_train.__doc__, description=cmd_train.__doc__
+    )
+    train.add_argument("--depth", type=_positive_int, default=1, help="dense layers")
+    train.add_argument(
+        "--width", type=_positive_int, default=32, help="units of the last layer"
+    )
+    train.add_argument(
+        "--embedding-dim", type=_positive_int, default=32, help="embedding size"
+    )
+    train.add_argument(
+        "--learning-rate", type=_positive_float, default=0.05, help="Adagrad rate"
+    )
+    train.add_argument("--epochs", type=_positive_int, default=30)
+    train.add_argument(
+        "--validation-freq",
+        type=_positive_int,
+        default=5,
+        help="validate every N epochs (and after the last)",
+    )
+    train.add_argument("--batch-size", type=_positive_int, default=1000)
+    train.add_argument(
+        "--seed", type=int, default=42, help="seeds weights and data order"
+    )
+    train.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
+    train.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on the last line of stdout instead",
+    )
+    train.set_defaults(run=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the `sweep` command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("SWEEP_DEBUG") == "1"
+    try:
+        return args.run(args)
+    except SweepError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"sweep {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    except TrialFailed as e:
+        if debug:
+            traceback.print_exc()
+        print(f"sweep {args.verb}: training failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"sweep {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

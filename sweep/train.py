@@ -1,0 +1,244 @@
+"""One configuration of the retrieval model, trained and validated.
+
+Training is Keras `fit` on in-memory arrays (the features are precomputed, see
+`sweep.data`); validation is the model's `evaluate` every `validation_freq`
+epochs and at the last epoch, over all 20,000 validation ratings in one batch.
+Callbacks report each validation (for printing, pruning and tracking), keep the
+best validation's weights, and fail the trial if the loss diverges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+
+from sweep.data import Features
+from sweep.errors import ConfigError, TrialFailed
+from sweep.model import METRIC_NAME, RetrievalModel, layer_sizes
+
+VAL_METRIC = f"val_{METRIC_NAME}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One configuration to train (defaults: the reference's shallow model).
+
+    Attributes:
+        depth: Number of dense layers per tower.
+        width: Units of each tower's output layer (earlier layers double).
+        embedding_dim: Output dimension of every embedding table.
+        learning_rate: Adagrad's learning rate.
+        epochs: Training epochs.
+        validation_freq: Validate every this many epochs (and at the last one).
+        batch_size: Ratings per training step.
+        seed: Seeds weight initialisation and data order.
+    """
+
+    depth: int = 1
+    width: int = 32
+    embedding_dim: int = 32
+    learning_rate: float = 0.05
+    epochs: int = 30
+    validation_freq: int = 5
+    batch_size: int = 1000
+    seed: int = 42
+
+    def __post_init__(self):
+        for name in ("depth", "width", "embedding_dim", "epochs", "validation_freq"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"{name} = {value!r}: expected a whole number of at least 1"
+                )
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(
+                f"batch_size = {self.batch_size!r}: expected a whole number of at "
+                "least 1"
+            )
+        rate = self.learning_rate
+        if not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
+            raise ConfigError(
+                f"learning_rate = {rate!r}: expected a positive number such as 0.05"
+            )
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """The towers' dense layer units (see `sweep.model.layer_sizes`)."""
+        return layer_sizes(self.depth, self.width)
+
+    def params(self) -> dict:
+        """The searched hyperparameters and the layer sizes they give."""
+        return {
+            "depth": self.depth,
+            "width": self.width,
+            "layer_sizes": list(self.layer_sizes),
+            "embedding_dim": self.embedding_dim,
+            "learning_rate": self.learning_rate,
+        }
+
+    def validation_epochs(self) -> list[int]:
+        """The (1-based) epochs after which the model is validated."""
+        epochs = list(
+            range(self.validation_freq, self.epochs + 1, self.validation_freq)
+        )
+        if not epochs or epochs[-1] != self.epochs:
+            epochs.append(self.epochs)
+        return epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """One validation's figures."""
+
+    epoch: int
+    val_loss: float
+    val_top100_accuracy: float
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What training one configuration gave.
+
+    Attributes:
+        params: `TrainConfig.params()`.
+        validations: Every validation, in epoch order.
+        losses: The training loss of each epoch.
+        best: The validation with the highest top-100 accuracy (earliest on ties).
+        best_weights: The model weights at that validation.
+        train_seconds: Wall time of `fit`, validations included.
+    """
+
+    params: dict
+    validations: list[Validation]
+    losses: list[float]
+    best: Validation
+    best_weights: list[np.ndarray]
+    train_seconds: float
+
+    def summary(self) -> dict:
+        """The JSON form `sweep train --json` prints."""
+        return {
+            "params": self.params,
+            "validations": [dataclasses.asdict(v) for v in self.validations],
+            "best_val_top100_accuracy": self.best.val_top100_accuracy,
+            "best_epoch": self.best.epoch,
+            "train_seconds": round(self.train_seconds, 3),
+        }
+
+
+class ValidationTracker(keras.callbacks.Callback):
+    """Collects losses and validations, keeps the best weights, stops divergence.
+
+    Keras's `TerminateOnNaN` reads the loss after every batch, which forces a
+    device sync per step, and only stops training; this checks once per epoch
+    and raises `TrialFailed`, so the trial is recorded as failed with a reason.
+
+    Args:
+        on_validation: Called with each `Validation` as soon as it is known.
+    """
+
+    def __init__(self, on_validation: Callable[[Validation], None] | None = None):
+        super().__init__()
+        self.on_validation = on_validation
+        self.losses: list[float] = []
+        self.validations: list[Validation] = []
+        self.best: Validation | None = None
+        self.best_weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Records the epoch; on validation epochs, the validation too."""
+        logs = logs or {}
+        loss = float(logs["loss"])
+        self.losses.append(loss)
+        if not math.isfinite(loss):
+            raise TrialFailed(f"training loss diverged to {loss} at epoch {epoch + 1}")
+        if VAL_METRIC not in logs:
+            return
+        validation = Validation(
+            epoch=epoch + 1,
+            val_loss=float(logs["val_loss"]),
+            val_top100_accuracy=float(logs[VAL_METRIC]),
+        )
+        if not math.isfinite(validation.val_loss):
+            raise TrialFailed(
+                f"validation loss diverged to {validation.val_loss} at epoch "
+                f"{epoch + 1}"
+            )
+        self.validations.append(validation)
+        if self.best is None or (
+            validation.val_top100_accuracy > self.best.val_top100_accuracy
+        ):
+            self.best = validation
+            self.best_weights = [np.array(w) for w in self.model.get_weights()]
+        if self.on_validation is not None:
+            self.on_validation(validation)
+
+
+def build_model(config: TrainConfig, features: Features) -> RetrievalModel:
+    """A compiled model for `config`, weights seeded from `config.seed`."""
+    keras.utils.set_random_seed(config.seed)
+    model = RetrievalModel(
+        features.vocabulary,
+        layer_sizes=config.layer_sizes,
+        embedding_dim=config.embedding_dim,
+        candidates=features.movies,
+    )
+    model.compile(optimizer=keras.optimizers.Adagrad(config.learning_rate))
+    return model
+
+
+def train(
+    config: TrainConfig,
+    features: Features,
+    on_validation: Callable[[Validation], None] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Trains and validates one configuration.
+
+    Args:
+        config: What to train.
+        features: The preprocessed MovieLens data (split with the reference's seed).
+        on_validation: Called after each validation (e.g. to report to a pruner;
+            it may raise to stop the trial).
+        callbacks: More Keras callbacks for `fit`.
+
+    Returns:
+        The validations, the best one and its weights.
+
+    Raises:
+        TrialFailed: The loss became NaN or infinite.
+    """
+    train_rows, val_rows = features.split()
+    x_train, y_train = features.examples(train_rows)
+    x_val, y_val = features.examples(val_rows)
+    model = build_model(config, features)
+    tracker = ValidationTracker(on_validation)
+    validation_epochs = config.validation_epochs()
+    start = time.perf_counter()
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        shuffle=True,
+        validation_data=(x_val, y_val),
+        # All validation queries in one batch: one matmul and one top-k.
+        validation_batch_size=len(y_val),
+        validation_freq=validation_epochs,
+        callbacks=[tracker, *callbacks],
+        verbose=0,
+    )
+    seconds = time.perf_counter() - start
+    return TrainResult(
+        params=config.params(),
+        validations=tracker.validations,
+        losses=tracker.losses,
+        best=tracker.best,
+        best_weights=tracker.best_weights,
+        train_seconds=seconds,
+    )

@@ -1,0 +1,50 @@
+import os
+from pathlib import Path
+
+import pytest
+
+import sweep  # noqa: F401  (sets KERAS_BACKEND before any test imports keras)
+from sweep import data, movielens
+from tests import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Each test gets its own SWEEP_HOME and no stray data-source settings."""
+    home = tmp_path / "sweep-home"
+    monkeypatch.setenv("SWEEP_HOME", str(home))
+    monkeypatch.delenv("SWEEP_MOVIELENS_DIR", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tensorflow_datasets"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def synthetic_features(tmp_path_factory):
+    """Preprocessed features of the synthetic MovieLens (built once)."""
+    folder = synthetic.write_grouplens(tmp_path_factory.mktemp("ml") / "ml-100k")
+    home = tmp_path_factory.mktemp("home")
+    return data.load(f"grouplens:{folder}", home=home, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def real_home():
+    """A sweep home shared by the tests on the real MovieLens 100k (RecBole copy).
+
+    Kept between runs (`.sweep-test/`) so the wheel is fetched and the cache built
+    once per machine.
+    """
+    home = Path(os.environ.get("SWEEP_TEST_DATA_HOME", REPO / ".sweep-test"))
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def real_features(real_home):
+    return data.load("recbole", home=real_home, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def real_records(real_home, real_features):
+    return movielens.read_recbole(movielens.fetch_recbole(real_home / "downloads"))

@@ -1,0 +1,103 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import synthetic
+
+
+def run_sweep(*args, env=None, timeout=600):
+    """Runs the installed `sweep` console script as a user would."""
+    return subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "sweep"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def grouplens_spec(tmp_path_factory):
+    return (
+        f"grouplens:{synthetic.write_grouplens(tmp_path_factory.mktemp('ml') / 'ml')}"
+    )
+
+
+def assert_one_line_error(result, *fragments, code=1):
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--depth", "0"], "argument --depth: 0 is below 1"),
+        (["--learning-rate", "-0.1"], "argument --learning-rate: -0.1 is not positive"),
+        (["--epochs", "many"], "argument --epochs: 'many' is not a whole number"),
+        (["--colour", "red"], "unrecognized arguments: --colour red"),
+    ],
+)
+def test_bad_arguments_are_one_line(args, fragment):
+    assert_one_line_error(run_sweep("train", *args), fragment, code=2)
+
+
+def test_missing_data_folder_is_one_line(tmp_path):
+    result = run_sweep("train", "--data-source", f"grouplens:{tmp_path / 'none'}")
+    assert_one_line_error(result, "sweep train: error:", "is not a folder")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run_sweep(
+        "--debug", "train", "--data-source", f"grouplens:{tmp_path / 'none'}"
+    )
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+
+
+def test_train_json_is_the_last_stdout_line(grouplens_spec):
+    result = run_sweep(
+        "train", "--data-source", grouplens_spec, "--epochs", "3",
+        "--validation-freq", "2", "--batch-size", "64", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary) == {
+        "params", "validations", "best_val_top100_accuracy", "best_epoch",
+        "train_seconds",
+    }  # fmt: skip
+    assert [v["epoch"] for v in summary["validations"]] == [2, 3]
+    assert summary["params"] == {
+        "depth": 1, "width": 32, "layer_sizes": [32], "embedding_dim": 32,
+        "learning_rate": 0.05,
+    }  # fmt: skip
+    best = max(summary["validations"], key=lambda v: v["val_top100_accuracy"])
+    assert summary["best_epoch"] == best["epoch"]
+    assert "MovieLens 100k from grouplens" in result.stderr
+
+
+def test_train_prints_validations_and_best(grouplens_spec):
+    result = run_sweep(
+        "train", "--data-source", grouplens_spec, "--depth", "2", "--width", "8",
+        "--epochs", "2", "--validation-freq", "1", "--batch-size", "64",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "training layer sizes [16, 8]" in out
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all("val_top100_accuracy" in line for line in epochs)
+    assert "best val_top100_accuracy" in out.strip().splitlines()[-1]
+
+
+def test_diverging_training_fails_in_one_line(grouplens_spec):
+    result = run_sweep(
+        "train", "--data-source", grouplens_spec, "--learning-rate", "1e30",
+        "--epochs", "2", "--batch-size", "16",
+    )  # fmt: skip
+    assert_one_line_error(result, "sweep train: training failed:", "diverged")
