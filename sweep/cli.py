@@ -70,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     features = data.load(args.data_source, log=log)
+    train.enable_compilation_cache(data.sweep_home() / "jax-cache")
     log(
         f"training layer sizes {list(config.layer_sizes)}, embedding "
         f"{config.embedding_dim}, Adagrad {config.learning_rate}, "
@@ -91,6 +92,45 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"epoch {result.best.epoch} ({result.train_seconds:.1f} s)"
         )
     return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    """Creates a study from a study file and runs its trials."""
+    from sweep import config, data, study, train
+
+    study_file = config.load_study(args.study_file)
+    home = data.sweep_home()
+    stores = study.resolve_stores(home, args.storage, args.tracking_uri)
+    features = data.load(args.data_source, home=home, log=print)
+    train.enable_compilation_cache(home / "jax-cache")
+    settings, training = study_file.study, study_file.training
+    print(
+        f"study {settings.name!r}: {args.n_trials or settings.n_trials} trials of "
+        f"{training.epochs} epochs, sampler {settings.sampler}, pruner "
+        f"{settings.pruner}"
+    )
+    result = study.launch(study_file, stores, features, n_trials=args.n_trials)
+    print(study.summary_table(result))
+    print(
+        "Browse the trials: mlflow ui --backend-store-uri "
+        f"{stores.tracking_uri} --workers 1, then open "
+        "http://127.0.0.1:5000/#/experiments/"
+        f"{result.user_attrs[study.EXPERIMENT_ATTR]}/runs?workflowType=machine_learning"
+    )
+    return 0
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        help="Optuna storage URL (default $SWEEP_STORAGE, else "
+        "sqlite:///$SWEEP_HOME/optuna.db)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
+        "sqlite:///$SWEEP_HOME/mlflow.db)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one JSON object on the last line of stdout instead",
     )
     train.set_defaults(run=cmd_train)
+
+    launch = verbs.add_parser(
+        "launch", help=cmd_launch.__doc__, description=cmd_launch.__doc__
+    )
+    launch.add_argument("study_file", help="the study file, e.g. studies/smoke.toml")
+    launch.add_argument(
+        "--n-trials",
+        type=_positive_int,
+        help="finished trials to reach (default: the study file's n_trials)",
+    )
+    _add_store_arguments(launch)
+    launch.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
+    launch.set_defaults(run=cmd_launch)
     return parser
 
 

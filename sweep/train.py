@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -139,11 +142,17 @@ class ValidationTracker(keras.callbacks.Callback):
     and raises `TrialFailed`, so the trial is recorded as failed with a reason.
 
     Args:
+        on_epoch: Called with each epoch (1-based) and its training loss.
         on_validation: Called with each `Validation` as soon as it is known.
     """
 
-    def __init__(self, on_validation: Callable[[Validation], None] | None = None):
+    def __init__(
+        self,
+        on_epoch: Callable[[int, float], None] | None = None,
+        on_validation: Callable[[Validation], None] | None = None,
+    ):
         super().__init__()
+        self.on_epoch = on_epoch
         self.on_validation = on_validation
         self.losses: list[float] = []
         self.validations: list[Validation] = []
@@ -157,6 +166,8 @@ class ValidationTracker(keras.callbacks.Callback):
         self.losses.append(loss)
         if not math.isfinite(loss):
             raise TrialFailed(f"training loss diverged to {loss} at epoch {epoch + 1}")
+        if self.on_epoch is not None:
+            self.on_epoch(epoch + 1, loss)
         if VAL_METRIC not in logs:
             return
         validation = Validation(
@@ -179,9 +190,42 @@ class ValidationTracker(keras.callbacks.Callback):
             self.on_validation(validation)
 
 
+def enable_compilation_cache(folder: Path) -> None:
+    """Keeps XLA compilations on disk (JAX's persistent compilation cache).
+
+    Trials of the same shapes, in this process or a later one, then skip
+    compiling: a cold trial of the reference configuration drops from about 14 s
+    to 5.5 s on 2 cores.
+    """
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and Keras's global seed generator (weights, shuffling).
+
+    `keras.utils.set_random_seed` does the same and also seeds TensorFlow, which
+    it imports to do so (about 5 s per process); the JAX path never uses TF's
+    generator, so TF is only seeded when something else already imported it.
+    """
+    if "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+
+    global_state.set_global_attribute("global_random_seed", seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 def build_model(config: TrainConfig, features: Features) -> RetrievalModel:
     """A compiled model for `config`, weights seeded from `config.seed`."""
-    keras.utils.set_random_seed(config.seed)
+    seed_everything(config.seed)
     model = RetrievalModel(
         features.vocabulary,
         layer_sizes=config.layer_sizes,
@@ -196,6 +240,7 @@ def train(
     config: TrainConfig,
     features: Features,
     on_validation: Callable[[Validation], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
     """Trains and validates one configuration.
@@ -205,6 +250,7 @@ def train(
         features: The preprocessed MovieLens data (split with the reference's seed).
         on_validation: Called after each validation (e.g. to report to a pruner;
             it may raise to stop the trial).
+        on_epoch: Called after each epoch with its number and training loss.
         callbacks: More Keras callbacks for `fit`.
 
     Returns:
@@ -217,7 +263,7 @@ def train(
     x_train, y_train = features.examples(train_rows)
     x_val, y_val = features.examples(val_rows)
     model = build_model(config, features)
-    tracker = ValidationTracker(on_validation)
+    tracker = ValidationTracker(on_epoch, on_validation)
     validation_epochs = config.validation_epochs()
     start = time.perf_counter()
     model.fit(

@@ -1,0 +1,346 @@
+"""Study files (`studies/*.toml`) -> frozen dataclasses, or one clear error.
+
+A study is declared, not coded:
+
+```toml
+[study]
+name = "deep-retrieval"   # also the MLflow experiment name
+n_trials = 40             # finished (complete + pruned) trials to reach
+seed = 42
+sampler = "tpe"           # tpe | random
+pruner = "median"         # none | median | hyperband
+
+[training]
+epochs = 30
+validation_freq = 5
+batch_size = 1000
+
+[space]                   # each: {low, high[, log, step]} or {choices = [...]}
+depth = { low = 1, high = 3 }
+width = { choices = [32, 64, 128] }
+embedding_dim = { choices = [16, 32, 64, 128] }
+learning_rate = { low = 0.01, high = 0.5, log = true }
+
+[[baselines]]             # enqueued before the search
+depth = 1
+width = 32
+embedding_dim = 32
+learning_rate = 0.05
+```
+
+Every error names the file, the key, the value given and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from sweep.errors import ConfigError
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("none", "median", "hyperband")
+# The searched hyperparameters: name -> (type, what a value must be).
+PARAMS = {
+    "depth": (int, "a whole number of dense layers, at least 1"),
+    "width": (int, "a whole number of units, at least 1"),
+    "embedding_dim": (int, "a whole number, at least 1"),
+    "learning_rate": (float, "a positive Adagrad learning rate, e.g. 0.05"),
+}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_MISSING = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySettings:
+    """The `[study]` table."""
+
+    name: str
+    n_trials: int
+    seed: int = 42
+    sampler: str = "tpe"
+    pruner: str = "median"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+    """The `[training]` table: what every trial trains."""
+
+    epochs: int
+    validation_freq: int = 5
+    batch_size: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One `[space]` entry: a range (`low`, `high`, `log`, `step`) or `choices`."""
+
+    name: str
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    choices: tuple | None = None
+
+    def contains(self, value) -> bool:
+        """Whether `value` is one this entry can propose."""
+        if self.choices is not None:
+            return value in self.choices
+        if not self.low <= value <= self.high:
+            return False
+        if self.step is None:
+            return True
+        steps = (value - self.low) / self.step
+        return math.isclose(steps, round(steps), abs_tol=1e-9)
+
+    def describe(self) -> str:
+        """A short form such as `[1, 3]`, `[0.01, 0.5] log` or `{32, 64}`."""
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        text = f"between {self.low} and {self.high}"
+        if self.step is not None:
+            text += f" in steps of {self.step}"
+        return text + (" (log scale)" if self.log else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A parsed study file.
+
+    Attributes:
+        path: The file it came from.
+        text: The file's text (stored with the study, to detect changes).
+        study: The `[study]` table.
+        training: The `[training]` table.
+        space: The `[space]` entries by hyperparameter name.
+        baselines: Configurations to run before the search, in file order.
+    """
+
+    path: Path
+    text: str
+    study: StudySettings
+    training: TrainingSettings
+    space: dict[str, Param]
+    baselines: tuple[dict[str, Any], ...]
+
+
+class _Reader:
+    """Reads typed values out of the TOML tables, naming file and key on error."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, value: Any, expected: str) -> ConfigError:
+        shown = "(missing)" if value is _MISSING else _toml(value)
+        return ConfigError(f"{self.path}: {key} = {shown}: expected {expected}")
+
+    def table(self, doc: dict, name: str, required: bool = True) -> dict:
+        value = doc.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                raise ConfigError(
+                    f"{self.path}: section [{name}] is missing; a study file needs "
+                    "[study], [training] and [space] (see studies/smoke.toml)"
+                )
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(name, value, f"a [{name}] table")
+        return value
+
+    def no_unknown(self, table: dict, where: str, known) -> None:
+        for key in table:
+            if key not in known:
+                raise ConfigError(
+                    f"{self.path}: {where}{key} is not a known key; expected one of "
+                    f"{', '.join(known)}"
+                )
+
+    def integer(self, table, where, key, default=_MISSING, minimum=1) -> int:
+        value = table.get(key, default)
+        if value is _MISSING:
+            raise self.fail(where + key, value, f"a whole number of at least {minimum}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(where + key, value, f"a whole number of at least {minimum}")
+        return value
+
+    def choice(self, table, where, key, options, default) -> str:
+        value = table.get(key, default)
+        if value not in options:
+            raise self.fail(where + key, value, "one of " + ", ".join(options))
+        return value
+
+
+def _toml(value) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def load_study(path: str | Path) -> Study:
+    """Reads and validates a study file.
+
+    Args:
+        path: The TOML file.
+
+    Returns:
+        The study, every value checked.
+
+    Raises:
+        ConfigError: The file is missing, not TOML, or a value is not valid.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such study file; see studies/ for examples"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
+    return parse_study(text, path)
+
+
+def parse_study(text: str, path: Path = Path("<study>")) -> Study:
+    """Validates a study file's text (see `load_study`)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    read = _Reader(path)
+    read.no_unknown(doc, "", ("study", "training", "space", "baselines"))
+
+    table = read.table(doc, "study")
+    read.no_unknown(
+        table, "[study] ", ("name", "n_trials", "seed", "sampler", "pruner")
+    )
+    name = table.get("name", _MISSING)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise read.fail(
+            "[study] name",
+            name,
+            "a name of letters, digits, '.', '_' or '-' (it names the Optuna study "
+            "and the MLflow experiment)",
+        )
+    seed = table.get("seed", 42)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise read.fail("[study] seed", seed, "a whole number of at least 0")
+    study = StudySettings(
+        name=name,
+        n_trials=read.integer(table, "[study] ", "n_trials"),
+        seed=seed,
+        sampler=read.choice(table, "[study] ", "sampler", SAMPLERS, "tpe"),
+        pruner=read.choice(table, "[study] ", "pruner", PRUNERS, "median"),
+    )
+
+    table = read.table(doc, "training")
+    read.no_unknown(table, "[training] ", ("epochs", "validation_freq", "batch_size"))
+    training = TrainingSettings(
+        epochs=read.integer(table, "[training] ", "epochs"),
+        validation_freq=read.integer(table, "[training] ", "validation_freq", 5),
+        batch_size=read.integer(table, "[training] ", "batch_size", 1000),
+    )
+
+    table = read.table(doc, "space")
+    read.no_unknown(table, "[space] ", tuple(PARAMS))
+    space = {}
+    for key in PARAMS:
+        if key not in table:
+            raise read.fail(
+                f"[space] {key}",
+                _MISSING,
+                "{ low = ..., high = ... } or { choices = [...] }; every one of "
+                f"{', '.join(PARAMS)} is searched (use choices = [x] to fix one)",
+            )
+        space[key] = _param(read, key, table[key])
+
+    baselines = doc.get("baselines", [])
+    if not isinstance(baselines, list) or not all(
+        isinstance(b, dict) for b in baselines
+    ):
+        raise read.fail("baselines", baselines, "[[baselines]] tables")
+    for index, baseline in enumerate(baselines):
+        _check_baseline(read, index, baseline, space)
+    return Study(path, text, study, training, space, tuple(baselines))
+
+
+def _number_ok(kind: type, value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, int) and value >= 1
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _param(read: _Reader, name: str, entry) -> Param:
+    kind, expected = PARAMS[name]
+    where = f"[space] {name}"
+    shape = (
+        "{ low = ..., high = ...[, log = true][, step = ...] } or { choices = [...] }"
+    )
+    if not isinstance(entry, dict):
+        raise read.fail(where, entry, shape)
+    if "choices" in entry:
+        read.no_unknown(entry, where + ".", ("choices",))
+        choices = entry["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise read.fail(where + ".choices", choices, "a non-empty list of values")
+        for value in choices:
+            if not _number_ok(kind, value):
+                raise read.fail(where + ".choices", choices, f"each {expected}")
+        if len(set(choices)) != len(choices):
+            raise read.fail(where + ".choices", choices, "values without repeats")
+        return Param(name, choices=tuple(choices))
+
+    read.no_unknown(entry, where + ".", ("low", "high", "log", "step"))
+    for bound in ("low", "high"):
+        if bound not in entry:
+            raise read.fail(f"{where}.{bound}", _MISSING, f"{expected} ({shape})")
+        if not _number_ok(kind, entry[bound]):
+            raise read.fail(f"{where}.{bound}", entry[bound], expected)
+    low, high = entry["low"], entry["high"]
+    if low > high:
+        raise read.fail(
+            where, entry, f"low <= high; the range is inverted (swap {low} and {high})"
+        )
+    if low == high:
+        raise read.fail(
+            where, entry, f"low < high; the range is empty (use choices = [{low}])"
+        )
+    log = entry.get("log", False)
+    if not isinstance(log, bool):
+        raise read.fail(f"{where}.log", log, "true or false")
+    step = entry.get("step")
+    if step is not None:
+        if not _number_ok(kind, step):
+            raise read.fail(f"{where}.step", step, f"a step that is {expected}")
+        if log:
+            raise read.fail(where, entry, "either log = true or a step, not both")
+        if step > high - low:
+            raise read.fail(f"{where}.step", step, f"at most high - low = {high - low}")
+    return Param(name, low=low, high=high, log=log, step=step)
+
+
+def _check_baseline(read: _Reader, index: int, baseline: dict, space) -> None:
+    where = f"[[baselines]] #{index + 1} "
+    read.no_unknown(baseline, where, tuple(PARAMS))
+    for name, param in space.items():
+        kind, expected = PARAMS[name]
+        value = baseline.get(name, _MISSING)
+        if value is _MISSING or not _number_ok(kind, value):
+            raise read.fail(where + name, value, expected)
+        if not param.contains(value):
+            raise read.fail(
+                where + name,
+                value,
+                f"a value the [space] can propose ({param.describe()})",
+            )

@@ -1,0 +1,66 @@
+"""The `[space]` of a study -> Optuna distributions, and a trial -> a TrainConfig."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+
+from sweep.config import Param, Study
+from sweep.train import TrainConfig
+
+
+def distribution(param: Param) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution of one `[space]` entry."""
+    if param.choices is not None:
+        return optuna.distributions.CategoricalDistribution(param.choices)
+    if (
+        isinstance(param.low, int)
+        and isinstance(param.high, int)
+        and (param.step is None or isinstance(param.step, int))
+    ):
+        return optuna.distributions.IntDistribution(
+            param.low, param.high, log=param.log, step=param.step or 1
+        )
+    return optuna.distributions.FloatDistribution(
+        float(param.low), float(param.high), log=param.log, step=param.step
+    )
+
+
+def distributions(study: Study) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Every searched hyperparameter's distribution, by name."""
+    return {name: distribution(param) for name, param in study.space.items()}
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """A seed for one trial's weights and data order, from study seed and number."""
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
+
+
+def suggest(trial: optuna.Trial, study: Study) -> TrainConfig:
+    """Asks the trial for every hyperparameter and returns what to train.
+
+    Enqueued trials (the baselines) get their fixed values back from `suggest_*`.
+    """
+    params = {
+        name: _suggest(trial, name, dist) for name, dist in distributions(study).items()
+    }
+    return TrainConfig(
+        depth=int(params["depth"]),
+        width=int(params["width"]),
+        embedding_dim=int(params["embedding_dim"]),
+        learning_rate=float(params["learning_rate"]),
+        epochs=study.training.epochs,
+        validation_freq=study.training.validation_freq,
+        batch_size=study.training.batch_size,
+        seed=trial_seed(study.study.seed, trial.number),
+    )
+
+
+def _suggest(trial: optuna.Trial, name: str, dist) -> int | float:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return trial.suggest_int(
+            name, dist.low, dist.high, step=dist.step, log=dist.log
+        )
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)

@@ -1,0 +1,162 @@
+"""MLflow: one experiment per study, a parent run, one nested run per trial.
+
+Optuna's own MLflow callback logs a trial once it has ended and through the
+fluent (process-global) API; a sweep needs per-epoch curves while the trial runs
+and nested runs that several workers write at once, so this uses `MlflowClient`
+directly. Metrics are buffered and sent with `log_batch` (one call per
+validation and one at the end), and the time spent in MLflow is measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from sweep.errors import SweepError
+
+# The MLflow UI opens an experiment in its GenAI view unless it is marked as
+# model development.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+ROLE_TAG = "sweep.role"
+STATE_TAG = "sweep.trial_state"
+# Optuna trial state -> MLflow run status.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+
+# MLflow's SQLite store runs alembic migrations on first use and logs each one.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Tracker:
+    """The MLflow side of one study.
+
+    Args:
+        tracking_uri: The MLflow tracking URI (SQLite file, server URL, ...).
+        artifact_root: Where a new experiment keeps artifacts, for local stores;
+            None lets the tracking server decide.
+    """
+
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri)
+
+    def experiment(self, name: str) -> str:
+        """The id of the study's experiment, created (model development) if new."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                raise SweepError(
+                    f"MLflow experiment {name!r} is deleted but still in "
+                    f"{self.tracking_uri}; restore it (mlflow experiments restore "
+                    f"--experiment-id {experiment.experiment_id}) or remove it for "
+                    "good (mlflow gc), then launch again"
+                )
+            return experiment.experiment_id
+        location = None
+        if self.artifact_root is not None:
+            location = (Path(self.artifact_root) / name).resolve().as_uri()
+        return self.client.create_experiment(
+            name, artifact_location=location, tags=EXPERIMENT_KIND
+        )
+
+    def start_study_run(self, experiment_id: str, study_name: str, tags: dict) -> str:
+        """Creates the study's parent run; returns its id."""
+        run = self.client.create_run(
+            experiment_id,
+            run_name=study_name,
+            tags={ROLE_TAG: "study", "optuna.study_name": study_name, **tags},
+        )
+        return run.info.run_id
+
+    def start_trial(
+        self,
+        experiment_id: str,
+        parent_run_id: str,
+        study_name: str,
+        trial_number: int,
+        params: dict,
+        tags: dict | None = None,
+    ) -> TrialRun:
+        """Creates a trial's run nested under the study's run, with its params."""
+        start = time.perf_counter()
+        run = self.client.create_run(
+            experiment_id,
+            run_name=f"trial-{trial_number}",
+            tags={
+                MLFLOW_PARENT_RUN_ID: parent_run_id,
+                MLFLOW_RUN_NAME: f"trial-{trial_number}",
+                ROLE_TAG: "trial",
+                "optuna.study_name": study_name,
+                "optuna.trial_number": str(trial_number),
+                STATE_TAG: "RUNNING",
+                **(tags or {}),
+            },
+        )
+        trial_run = TrialRun(self.client, run.info.run_id)
+        trial_run.params = [Param(k, str(v)) for k, v in params.items()]
+        trial_run.seconds += time.perf_counter() - start
+        trial_run.flush()
+        return trial_run
+
+    def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Ends a run (e.g. the study's parent run) with an MLflow status."""
+        self.client.set_terminated(run_id, status)
+
+
+class TrialRun:
+    """One trial's run: buffered metrics, flushed in batches, then ended.
+
+    Attributes:
+        run_id: The MLflow run id.
+        seconds: Wall time spent in MLflow calls for this run so far.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.seconds = 0.0
+        self.params: list[Param] = []
+        self._metrics: list[Metric] = []
+        self._tags: list[RunTag] = []
+
+    def log_metric(self, key: str, value: float, step: int) -> None:
+        """Buffers one metric point (sent at the next `flush`)."""
+        self._metrics.append(Metric(key, float(value), _now_ms(), step))
+
+    def set_tag(self, key: str, value) -> None:
+        """Buffers one tag."""
+        self._tags.append(RunTag(key, str(value)))
+
+    def flush(self) -> None:
+        """Sends what is buffered in one `log_batch` call."""
+        if not (self._metrics or self._tags or self.params):
+            return
+        start = time.perf_counter()
+        self.client.log_batch(
+            self.run_id, metrics=self._metrics, params=self.params, tags=self._tags
+        )
+        self._metrics, self._tags, self.params = [], [], []
+        self.seconds += time.perf_counter() - start
+
+    def finish(self, state: str) -> None:
+        """Tags the trial state, flushes, and ends the run.
+
+        Args:
+            state: The Optuna state: COMPLETE and PRUNED end the run FINISHED,
+                FAIL ends it FAILED, anything else KILLED.
+        """
+        self.set_tag(STATE_TAG, state)
+        self.flush()
+        start = time.perf_counter()
+        self.client.set_terminated(self.run_id, RUN_STATUS.get(state, "KILLED"))
+        self.seconds += time.perf_counter() - start

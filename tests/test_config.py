@@ -1,0 +1,170 @@
+from pathlib import Path
+
+import pytest
+
+from sweep.config import load_study, parse_study
+from sweep.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = """
+[study]
+name = "t"
+n_trials = 3
+seed = 1
+sampler = "tpe"
+pruner = "median"
+
+[training]
+epochs = 4
+validation_freq = 2
+batch_size = 1000
+
+[space]
+depth = { low = 1, high = 3 }
+width = { choices = [32, 64] }
+embedding_dim = { choices = [16, 32] }
+learning_rate = { low = 0.01, high = 0.5, log = true }
+
+[[baselines]]
+depth = 1
+width = 32
+embedding_dim = 32
+learning_rate = 0.05
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["deep_retrieval.toml", "smoke.toml"])
+def test_shipped_studies_are_valid(name):
+    study = load_study(REPO / "studies" / name)
+    assert study.study.n_trials >= 1
+    assert set(study.space) == {"depth", "width", "embedding_dim", "learning_rate"}
+
+
+def test_default_study_holds_the_reference_configurations():
+    study = load_study(REPO / "studies" / "deep_retrieval.toml")
+    assert study.study.name == "deep-retrieval"
+    assert [(b["depth"], b["width"]) for b in study.baselines] == [
+        (1, 32), (2, 32), (3, 32),
+    ]  # fmt: skip
+    assert all(b["learning_rate"] == 0.05 for b in study.baselines)
+
+
+def test_good_file_parses(tmp_path):
+    study = load_study(write(tmp_path, GOOD))
+    assert study.space["learning_rate"].log is True
+    assert study.space["width"].choices == (32, 64)
+    assert study.training.epochs == 4
+    assert study.text == GOOD
+
+
+# Each kind of bad study file: (change to GOOD, the message it must give).
+BAD = {
+    "unknown key": (
+        ('pruner = "median"', 'pruner = "median"\nworkers = 3'),
+        "[study] workers is not a known key; expected one of name, n_trials",
+    ),
+    "unknown section": (
+        ("[training]", "[trainig]\nepochs = 3\n[training]"),
+        "trainig is not a known key; expected one of study, training, space",
+    ),
+    "wrong type": (
+        ("epochs = 4", 'epochs = "four"'),
+        '[training] epochs = "four": expected a whole number of at least 1',
+    ),
+    "float where int": (
+        ("depth = { low = 1, high = 3 }", "depth = { low = 1.5, high = 3 }"),
+        "[space] depth.low = 1.5: expected a whole number of dense layers",
+    ),
+    "inverted range": (
+        ("depth = { low = 1, high = 3 }", "depth = { low = 3, high = 1 }"),
+        "[space] depth = { low = 3, high = 1 }: expected low <= high; the range is "
+        "inverted",
+    ),
+    "empty range": (
+        ("depth = { low = 1, high = 3 }", "depth = { low = 2, high = 2 }"),
+        "expected low < high; the range is empty (use choices = [2])",
+    ),
+    "empty choices": (
+        ("width = { choices = [32, 64] }", "width = { choices = [] }"),
+        "[space] width.choices = []: expected a non-empty list of values",
+    ),
+    "non-positive rate": (
+        ("low = 0.01, high = 0.5", "low = 0.0, high = 0.5"),
+        "[space] learning_rate.low = 0.0: expected a positive Adagrad learning rate",
+    ),
+    "negative rate in choices": (
+        (
+            "learning_rate = { low = 0.01, high = 0.5, log = true }",
+            "learning_rate = { choices = [0.05, -0.1] }",
+        ),
+        "[space] learning_rate.choices = [0.05, -0.1]: expected each a positive",
+    ),
+    "missing section": (
+        ("[training]\nepochs = 4\nvalidation_freq = 2\nbatch_size = 1000\n", ""),
+        "section [training] is missing",
+    ),
+    "missing param": (
+        ("embedding_dim = { choices = [16, 32] }\n", ""),
+        "[space] embedding_dim = (missing): expected { low = ..., high = ... }",
+    ),
+    "unknown sampler": (
+        ('sampler = "tpe"', 'sampler = "cmaes"'),
+        '[study] sampler = "cmaes": expected one of tpe, random',
+    ),
+    "zero trials": (
+        ("n_trials = 3", "n_trials = 0"),
+        "[study] n_trials = 0: expected a whole number of at least 1",
+    ),
+    "bad name": (
+        ('name = "t"', 'name = "my study!"'),
+        '[study] name = "my study!": expected a name of letters, digits',
+    ),
+    "baseline outside the space": (
+        ("learning_rate = 0.05", "learning_rate = 0.9"),
+        "[[baselines]] #1 learning_rate = 0.9: expected a value the [space] can "
+        "propose (between 0.01 and 0.5 (log scale))",
+    ),
+    "baseline with unknown key": (
+        ("embedding_dim = 32\n", "embedding_dim = 32\ndropout = 0.1\n"),
+        "[[baselines]] #1 dropout is not a known key",
+    ),
+    "not toml": (
+        ("[space]", "[space"),
+        "not valid TOML",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_bad_study_file_names_file_key_value_and_expectation(kind, tmp_path):
+    (old, new), message = BAD[kind]
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as error:
+        load_study(path)
+    text = str(error.value)
+    assert text.startswith(f"{path}: ")
+    assert message in text
+    assert "\n" not in text
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="no such study file"):
+        load_study(tmp_path / "nope.toml")
+
+
+def test_step_must_fit_the_range():
+    text = GOOD.replace(
+        "depth = { low = 1, high = 3 }", "depth = { low = 1, high = 3, step = 5 }"
+    )
+    with pytest.raises(
+        ConfigError, match=r"depth.step = 5: expected at most high - low = 2"
+    ):
+        parse_study(text)

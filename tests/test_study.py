@@ -1,0 +1,147 @@
+"""`sweep launch` on the synthetic data: what the stores hold afterwards."""
+
+import sqlite3
+
+import mlflow
+import optuna
+import pytest
+
+from sweep.study import PARENT_RUN_ATTR, RUN_ID_ATTR
+from tests import synthetic
+from tests.test_cli import assert_one_line_error, run_sweep
+
+STUDY = """
+[study]
+name = "{name}"
+n_trials = {n_trials}
+seed = 3
+sampler = "{sampler}"
+pruner = "none"
+
+[training]
+epochs = 2
+validation_freq = 1
+batch_size = 100
+
+[space]
+depth = {{ low = 1, high = 2 }}
+width = {{ choices = [8, 16] }}
+embedding_dim = {{ choices = [8, 16] }}
+learning_rate = {{ choices = [{rates}] }}
+{baselines}
+"""
+
+
+def study_file(tmp_path, name="t", n_trials=2, sampler="tpe", rates="0.05, 0.1",
+               baselines=""):  # fmt: skip
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        STUDY.format(
+            name=name,
+            n_trials=n_trials,
+            sampler=sampler,
+            rates=rates,
+            baselines=baselines,
+        )  # fmt: skip
+    )
+    return path
+
+
+def baseline(lr):
+    return (
+        f"[[baselines]]\ndepth = 1\nwidth = 8\nembedding_dim = 8\n"
+        f"learning_rate = {lr}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    return (
+        f"grouplens:{synthetic.write_grouplens(tmp_path_factory.mktemp('ml') / 'ml')}"
+    )
+
+
+def launch(path, spec, home, *extra):
+    return run_sweep(
+        "launch",
+        str(path),
+        "--data-source",
+        spec,
+        *extra,
+        env={"SWEEP_HOME": str(home)},
+    )
+
+
+def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, spec):
+    path = study_file(
+        tmp_path,
+        n_trials=1,
+        rates="1e30, 0.05",
+        baselines=baseline(1e30) + baseline(0.05),
+    )
+    home = tmp_path / "home"
+    result = launch(path, spec, home)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "COMPLETE"]
+    assert "diverged" in study.trials[0].user_attrs["fail_reason"]
+    assert "failed: training loss diverged" in result.stdout + result.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    failed = client.get_run(study.trials[0].user_attrs[RUN_ID_ATTR])
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["sweep.trial_state"] == "FAIL"
+    assert "diverged" in failed.data.tags["sweep.fail_reason"]
+    done = client.get_run(study.trials[1].user_attrs[RUN_ID_ATTR])
+    assert done.info.status == "FINISHED"
+
+
+def test_launching_an_existing_study_refuses(tmp_path, spec):
+    path = study_file(tmp_path, n_trials=1)
+    home = tmp_path / "home"
+    assert launch(path, spec, home).returncode == 0
+    again = launch(path, spec, home)
+    assert_one_line_error(again, "study 't' already exists", "sweep resume t")
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
+    assert len(study.trials) == 1
+
+
+def test_bad_study_file_creates_nothing(tmp_path, spec):
+    path = study_file(tmp_path).read_text().replace("n_trials = 2", "n_trials = -2")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(path)
+    home = tmp_path / "home"
+    result = launch(bad, spec, home)
+    assert_one_line_error(result, f"{bad}: [study] n_trials = -2")
+    assert not home.exists() or not any(home.iterdir())
+
+
+def test_same_study_file_proposes_the_same_first_trials(tmp_path, spec):
+    path = study_file(tmp_path, n_trials=3, sampler="random", rates="0.05, 0.1, 0.2")
+    params = []
+    for home in (tmp_path / "a", tmp_path / "b"):
+        assert launch(path, spec, home).returncode == 0
+        study = optuna.load_study(
+            study_name="t", storage=f"sqlite:///{home / 'optuna.db'}"
+        )
+        params.append([t.params for t in study.trials])
+        # Each trial's seed (weights, data order) follows from study seed + number.
+        params.append([t.values for t in study.trials])
+    assert params[0] == params[2]
+    assert params[1] == params[3]
+
+
+def test_stores_are_two_sqlite_files_under_sweep_home(tmp_path, spec):
+    home = tmp_path / "home"
+    assert launch(study_file(tmp_path, n_trials=1), spec, home).returncode == 0
+    for name in ("optuna.db", "mlflow.db"):
+        tables = sqlite3.connect(home / name).execute(
+            "select name from sqlite_master where type='table'"
+        )
+        assert "alembic_version" in {row[0] for row in tables}
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
+    parent = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(
+        study.user_attrs[PARENT_RUN_ATTR]
+    )
+    assert parent.data.tags["sweep.role"] == "study"
+    assert parent.info.status == "FINISHED"
