@@ -3,6 +3,20 @@
 # included) and the linter. Extra arguments go to pytest (e.g. -m "not slow").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# System packages the tests drive for real: a PostgreSQL server.
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "note: ${need[*]} missing and not installable here (needs root and" \
+      "apt-get); the tests that need it will be skipped" >&2
+  fi
+fi
+
 bash scripts/setup.sh
 .venv/bin/ruff check sweep tests benchmarks
 .venv/bin/ruff format --check sweep tests benchmarks

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 
@@ -96,28 +97,114 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     """Creates a study from a study file and runs its trials."""
-    from sweep import config, data, study, train
+    from sweep import config, data, study
 
     study_file = config.load_study(args.study_file)
     home = data.sweep_home()
     stores = study.resolve_stores(home, args.storage, args.tracking_uri)
     features = data.load(args.data_source, home=home, log=print)
-    train.enable_compilation_cache(home / "jax-cache")
+    session = study.launch(
+        study_file, stores, args.n_trials, join=args.join, max_retries=args.max_retries
+    )
     settings, training = study_file.study, study_file.training
     print(
-        f"study {settings.name!r}: {args.n_trials or settings.n_trials} trials of "
-        f"{training.epochs} epochs, sampler {settings.sampler}, pruner "
-        f"{settings.pruner}"
+        f"study {settings.name!r}: {session.target} trials of {training.epochs} "
+        f"epochs, sampler {settings.sampler}, pruner {settings.pruner}"
     )
-    result = study.launch(study_file, stores, features, n_trials=args.n_trials)
-    print(study.summary_table(result))
+    return _run(args, session, stores, features, home)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continues a study until it holds its n_trials finished trials.
+
+    Run on another machine against shared stores, it joins as another worker.
+    """
+    from sweep import config, data, study, workers
+
+    if args.cpus:
+        workers.limit_to(args.cpus)
+    study_file = config.load_study(args.study_file) if args.study_file else None
+    home = data.sweep_home()
+    stores = study.resolve_stores(home, args.storage, args.tracking_uri)
+    features = data.load(args.data_source, home=home, log=print)
+    session = study.resume(
+        args.name,
+        stores,
+        args.n_trials,
+        study_file,
+        args.max_retries,
+        args.worker_index,
+    )
+    done = study.finished_count(session.study)
+    print(
+        f"study {args.name!r}: {done} of {session.target} trials finished"
+        + (f" (worker {args.worker_index})" if args.worker_index else "")
+    )
+    return _run(args, session, stores, features, home)
+
+
+def _run(args, session, stores, features, home) -> int:
+    from sweep import study, train, workers
+
+    name = session.study.study_name
+    if args.workers > 1:
+        code = workers.run_workers(args.workers, _worker_args(args, name, stores))
+        if code == 130:
+            print(f"interrupted; continue with `sweep resume {name}`", file=sys.stderr)
+            return code
+    else:
+        train.enable_compilation_cache(home / "jax-cache")
+        try:
+            study.run(
+                session,
+                features,
+                home / "checkpoints",
+                progress=args.worker_index == 0,
+                max_retries=args.max_retries,
+            )
+        except KeyboardInterrupt:
+            print(
+                f"interrupted: the trial in flight is re-queued; continue with "
+                f"`sweep resume {name}`",
+                file=sys.stderr,
+            )
+            return 130
+        if args.worker_index:
+            return 0
+    print(study.summary_table(session.study))
+    experiment = session.study.user_attrs[study.EXPERIMENT_ATTR]
     print(
         "Browse the trials: mlflow ui --backend-store-uri "
         f"{stores.tracking_uri} --workers 1, then open "
-        "http://127.0.0.1:5000/#/experiments/"
-        f"{result.user_attrs[study.EXPERIMENT_ATTR]}/runs?workflowType=machine_learning"
+        f"http://127.0.0.1:5000/#/experiments/{experiment}/runs"
+        "?workflowType=machine_learning"
     )
     return 0
+
+
+def _worker_args(args, name: str, stores) -> list[str]:
+    return [
+        name, "--storage", stores.storage, "--tracking-uri", stores.tracking_uri,
+        "--data-source", args.data_source, "--max-retries", str(args.max_retries),
+    ]  # fmt: skip
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Lists studies: trials per state, the best trial, workers alive."""
+    from sweep import data, study
+
+    stores = study.resolve_stores(data.sweep_home(), args.storage, None)
+    print(study.status_report(stores.storage, args.name))
+    return 0
+
+
+def _cpus(text: str) -> list[int]:
+    try:
+        return [int(c) for c in text.split(",") if c]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of core numbers"
+        ) from None
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +218,28 @@ def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
         "sqlite:///$SWEEP_HOME/mlflow.db)",
     )
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--n-trials",
+        type=_positive_int,
+        help="finished trials to reach (default: the study's n_trials)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="worker processes on this machine, sharing its cores",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        help="times a trial whose worker died or was interrupted is retried",
+    )
+    _add_store_arguments(parser)
+    parser.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,13 +287,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     launch.add_argument("study_file", help="the study file, e.g. studies/smoke.toml")
     launch.add_argument(
-        "--n-trials",
-        type=_positive_int,
-        help="finished trials to reach (default: the study file's n_trials)",
+        "--join",
+        action="store_true",
+        help="if the study exists (launched from the same file), join it instead",
     )
-    _add_store_arguments(launch)
-    launch.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
-    launch.set_defaults(run=cmd_launch)
+    _add_run_arguments(launch)
+    launch.set_defaults(run=cmd_launch, worker_index=0)
+
+    resume = verbs.add_parser(
+        "resume",
+        help=cmd_resume.__doc__.splitlines()[0],
+        description=cmd_resume.__doc__,
+    )
+    resume.add_argument("name", help="the study name")
+    resume.add_argument(
+        "--study-file",
+        help="refuse unless the study was launched with this same file",
+    )
+    resume.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    resume.add_argument(
+        "--cpus",
+        type=_cpus,
+        default=os.environ.get("SWEEP_CPUS"),
+        help=argparse.SUPPRESS,
+    )
+    _add_run_arguments(resume)
+    resume.set_defaults(run=cmd_resume)
+
+    status = verbs.add_parser(
+        "status", help=cmd_status.__doc__, description=cmd_status.__doc__
+    )
+    status.add_argument("name", nargs="?", help="one study (default: all)")
+    status.add_argument(
+        "--storage",
+        help="Optuna storage URL (default $SWEEP_STORAGE, else "
+        "sqlite:///$SWEEP_HOME/optuna.db)",
+    )
+    status.set_defaults(run=cmd_status)
     return parser
 
 
@@ -192,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the `sweep` command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("SWEEP_DEBUG") == "1"
+    # SIGTERM (docker stop, kill) stops as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return args.run(args)
     except SweepError as e:

@@ -344,3 +344,34 @@ def _check_baseline(read: _Reader, index: int, baseline: dict, space) -> None:
                 value,
                 f"a value the [space] can propose ({param.describe()})",
             )
+
+
+def differences(old: Study, new: Study) -> str:
+    """What differs between two study files, key by key ("" if nothing does)."""
+    changes = []
+    pairs = [
+        (f"[study] {f.name}", getattr(old.study, f.name), getattr(new.study, f.name))
+        for f in dataclasses.fields(StudySettings)
+    ]
+    pairs += [
+        (
+            f"[training] {f.name}",
+            getattr(old.training, f.name),
+            getattr(new.training, f.name),
+        )
+        for f in dataclasses.fields(TrainingSettings)
+    ]
+    pairs += [
+        (f"[space] {name}", old.space.get(name), new.space.get(name)) for name in PARAMS
+    ]
+    pairs.append(("[[baselines]]", list(old.baselines), list(new.baselines)))
+    for key, was, now in pairs:
+        if was != now:
+            changes.append(f"{key}: {_shown(was)} -> {_shown(now)}")
+    return "; ".join(changes)
+
+
+def _shown(value) -> str:
+    if isinstance(value, Param):
+        return value.describe()
+    return _toml(value)

@@ -13,12 +13,20 @@ goes on; a `SweepError` (the user's mistake, true for every trial) stops it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import math
 import os
+import signal
+import socket
+import sqlite3
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import optuna
 import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
@@ -30,13 +38,65 @@ from sweep.errors import SweepError, TrialFailed
 from sweep.tracking import Tracker
 
 STUDY_FILE_ATTR = "sweep.study_file"
+TARGET_ATTR = "n_trials"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 RUN_ID_ATTR = "mlflow_run_id"
+WORKER_ATTR = "sweep.worker"
+INTERRUPTED_ATTR = "sweep.interrupted"
+SURPLUS_ATTR = "sweep.surplus"
+RETRY_TAG = "sweep.retry_of"
+CHECKPOINT_ARTIFACT = "checkpoint"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A space where every trial fails (e.g. every rate diverges) would otherwise
 # loop forever; this many failures in a row stop the sweep.
 MAX_CONSECUTIVE_FAILURES = 10
+# Optuna's heartbeat: a running trial records one every HEARTBEAT seconds; one
+# silent for GRACE seconds is failed (and retried) by the next worker to look.
+HEARTBEAT_SECONDS = 5
+GRACE_SECONDS = 30
+DEFAULT_MAX_RETRIES = 3
+
+
+def worker_identity() -> dict:
+    """Which process runs a trial: host and pid (to spot dead local workers)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stale trial, which also ends the trial's MLflow run.
+
+    The retry is queued with the same params and the intermediate values so far
+    (so the pruner sees one curve), at most `max_retry` times.
+
+    Args:
+        tracker: The MLflow side of the study, or None.
+        max_retry: How many times one trial may be retried.
+    """
+
+    def __init__(self, tracker: Tracker | None, max_retry: int = DEFAULT_MAX_RETRIES):
+        super().__init__(max_retry=max_retry, inherit_intermediate_values=True)
+        self.tracker = tracker
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Closes the failed trial's run, then queues the retry."""
+        run_id = trial.user_attrs.get(RUN_ID_ATTR)
+        reason = (
+            trial.user_attrs.get("fail_reason") or "its worker stopped (no heartbeat)"
+        )
+        if self.tracker is not None and run_id:
+            self.tracker.kill_trial_run(run_id, reason)
+        super().__call__(study, trial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,18 +134,77 @@ def resolve_stores(
     return Stores(storage, tracking_uri, home / "mlartifacts" if local else None)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Opens (creating if needed) the Optuna storage at `url`.
+@contextlib.contextmanager
+def sqlite_setup_lock(url: str):
+    """Serializes the first use of a SQLite store across processes on this host.
+
+    Optuna and MLflow create their tables (alembic migrations) on first use;
+    two workers doing it at once on a new file collide ("duplicate column").
+    """
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(url[len("sqlite:///") :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_tracker(stores: Stores) -> Tracker:
+    """The MLflow side, its store created (once, under a lock) if new."""
+    use_wal(stores.tracking_uri)
+    with sqlite_setup_lock(stores.tracking_uri):
+        # MlflowClient creates (migrates) its store as it is constructed.
+        return Tracker(stores.tracking_uri, stores.artifact_root)
+
+
+def use_wal(url: str) -> None:
+    """Switches a SQLite database file to write-ahead logging (it persists).
+
+    With WAL, readers (the MLflow UI, `sweep status`) do not block the workers'
+    writes, and writers wait on each other less.
+    """
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url[len("sqlite:///") :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+
+
+def open_storage(
+    url: str, tracker: Tracker | None = None, max_retries: int = DEFAULT_MAX_RETRIES
+) -> optuna.storages.RDBStorage:
+    """Opens (creating if needed) the Optuna storage at `url`, with heartbeats.
+
+    Args:
+        url: The storage URL.
+        tracker: Ends the MLflow runs of trials found stale.
+        max_retries: How many times a stale trial is retried.
 
     Raises:
         SweepError: The URL is not a database URL or the database is unreachable.
     """
     engine_kwargs = {}
     if url.startswith("sqlite"):
+        use_wal(url)
         # Wait for a busy database instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        with warnings.catch_warnings(), sqlite_setup_lock(url):
+            # The heartbeat arguments are marked experimental.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=RetryStaleTrial(tracker, max_retries),
+            )
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
         raise SweepError(
             f"storage {url!r} is not a database URL ({e}); expected e.g. "
@@ -95,13 +214,28 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         raise SweepError(
             f"cannot open the Optuna storage {url!r} ({str(e.orig).strip()})"
         ) from None
+    except ImportError as e:
+        raise SweepError(
+            f"storage {url!r} needs a database driver that is not installed ({e})"
+        ) from None
 
 
-def make_sampler(settings: config_module.StudySettings) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded from the study seed."""
+def make_sampler(
+    settings: config_module.StudySettings, offset: int = 0, worker: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded from the study seed.
+
+    Args:
+        settings: The `[study]` table.
+        offset: 0 for a new study; on resume, past the trials run so far.
+        worker: The worker's index, so parallel workers propose apart.
+    """
+    seed = settings.seed
+    if offset or worker:
+        seed = int(np.random.SeedSequence([seed, offset, worker]).generate_state(1)[0])
     if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=settings.seed)
-    return optuna.samplers.TPESampler(seed=settings.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def make_pruner(
@@ -133,12 +267,16 @@ def best_accuracy(trial: FrozenTrial) -> float | None:
 class Objective:
     """Trains the configuration a trial proposes; logs it to MLflow.
 
+    A retried trial (re-queued after its worker died or was interrupted)
+    continues from the last checkpoint of its previous attempt.
+
     Args:
         study: The study file.
         features: The preprocessed data.
         tracker: The MLflow side of the study.
         experiment_id: The study's MLflow experiment.
         parent_run_id: The study's MLflow run.
+        checkpoints: The folder for this study's trial checkpoints.
     """
 
     def __init__(
@@ -148,28 +286,50 @@ class Objective:
         tracker: Tracker,
         experiment_id: str,
         parent_run_id: str,
+        checkpoints: Path,
     ):
         self.study = study
         self.features = features
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.checkpoints = checkpoints
+        self.target: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Runs one trial; returns its best validation top-100 accuracy."""
         import keras
 
         config = space.suggest(trial, self.study)
+        frozen = _frozen(trial)
+        self._check_needed(trial)
+        retry_of = RetryStaleTrial.retried_trial_number(frozen)
+        tags = {} if retry_of is None else {RETRY_TAG: str(retry_of)}
+        previous_run = (
+            trial.user_attrs.get(RUN_ID_ATTR) if retry_of is not None else None
+        )
         run = self.tracker.start_trial(
             self.experiment_id,
             self.parent_run_id,
             self.study.study.name,
             trial.number,
             config.params(),
+            tags,
         )
         trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+        trial.set_user_attr(WORKER_ATTR, worker_identity())
+        resumed = (
+            self._checkpoint_of(frozen, previous_run) if retry_of is not None else None
+        )
+        if resumed is not None:
+            run.set_tag("sweep.resumed_from_epoch", resumed.epoch)
+            trial.set_user_attr("resumed_from_epoch", resumed.epoch)
         best: list[train.Validation] = []  # the best validation so far
         last: list[int] = []  # the last validated epoch
+        if resumed is not None and resumed.validations:
+            best[:] = [max(resumed.validations, key=lambda v: v.val_top100_accuracy)]
+            last[:] = [resumed.epoch]
+        checkpoint_path = self.checkpoints / f"trial-{trial.number}.npz"
 
         def on_epoch(epoch: int, loss: float) -> None:
             run.log_metric("loss", loss, epoch)
@@ -185,7 +345,12 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {v.epoch}")
 
-        def close(state: str) -> None:
+        def on_checkpoint(checkpoint: train.Checkpoint) -> None:
+            checkpoint.save(checkpoint_path)
+            # Also in the run's artifacts: a retry on another machine finds it.
+            run.log_artifact(checkpoint_path, CHECKPOINT_ARTIFACT)
+
+        def close(state: str, status: str | None = None) -> None:
             if best:
                 v = best[0]
                 run.log_metric(
@@ -194,13 +359,18 @@ class Objective:
                 run.log_metric("best_epoch", v.epoch, v.epoch)
                 trial.set_user_attr("best_epoch", v.epoch)
             run.log_metric("tracking_seconds", run.seconds, 0)
-            run.finish(state)
+            run.finish(state, status)
             trial.set_user_attr("tracking_seconds", round(run.seconds, 4))
 
         keras.backend.clear_session()
         try:
             result = train.train(
-                config, self.features, on_validation=on_validation, on_epoch=on_epoch
+                config,
+                self.features,
+                on_validation=on_validation,
+                on_epoch=on_epoch,
+                on_checkpoint=on_checkpoint,
+                resume_from=resumed,
             )
         except optuna.TrialPruned:
             run.set_tag("sweep.pruned_at_epoch", last[0])
@@ -217,18 +387,62 @@ class Objective:
             reason = f"{type(e).__name__}: {e}"
             self._fail(trial, run, reason, close)
             raise TrialFailed(reason) from e
-        except BaseException:
-            # Ctrl-C or SystemExit: the run must not stay RUNNING.
-            close("KILLED")
+        except BaseException as e:
+            # Ctrl-C, SIGTERM: Optuna fails the trial; `run_trials` re-queues it.
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+            trial.set_user_attr("fail_reason", f"interrupted ({type(e).__name__})")
+            run.set_tag("sweep.fail_reason", "interrupted")
+            close("FAIL", "KILLED")
             raise
         close("COMPLETE")
+        checkpoint_path.unlink(missing_ok=True)
         return result.best.val_top100_accuracy
+
+    def _check_needed(self, trial: optuna.Trial) -> None:
+        """Drops a trial started when earlier ones already make up the target."""
+        if self.target is None:
+            return
+        ahead = sum(
+            1
+            for t in trial.study.get_trials(deepcopy=False)
+            if t.number < trial.number and t.state in (*FINISHED, TrialState.RUNNING)
+        )
+        if ahead >= self.target:
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            trial.set_user_attr("fail_reason", "not needed: the target was reached")
+            raise TrialFailed("not needed: other workers reached the target")
+
+    def _checkpoint_of(
+        self, trial: FrozenTrial, previous_run: str | None
+    ) -> train.Checkpoint | None:
+        """The last checkpoint of the attempts this trial retries, if any."""
+        history = RetryStaleTrial.retry_history(trial)
+        for number in reversed(history):
+            path = self.checkpoints / f"trial-{number}.npz"
+            if path.is_file():
+                return train.Checkpoint.load(path)
+        # Not on this machine: the previous attempt's run holds a copy.
+        if previous_run is not None:
+            path = self.tracker.download_checkpoint(
+                previous_run, CHECKPOINT_ARTIFACT, self.checkpoints
+            )
+            if path is not None:
+                return train.Checkpoint.load(path)
+        return None
 
     @staticmethod
     def _fail(trial, run, reason: str, close: Callable[[str], None]) -> None:
         trial.set_user_attr("fail_reason", reason)
         run.set_tag("sweep.fail_reason", reason[:5000])
         close("FAIL")
+
+
+def _frozen(trial: optuna.Trial) -> FrozenTrial:
+    # A live Trial no longer exposes its system attrs (where Optuna keeps the
+    # retry history); its frozen copy in the study does.
+    return next(
+        t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number
+    )
 
 
 class Progress:
@@ -264,6 +478,8 @@ class Progress:
         self.bar.n = min(finished_count(study), self.bar.total)
         accuracy = best_accuracy(trial)
         line = f"trial {trial.number:4d} {trial.state.name:8s} {_params_text(trial)}"
+        if trial.user_attrs.get(SURPLUS_ATTR):
+            return  # a race lost to another worker; nothing ran
         if trial.state == TrialState.FAIL:
             self.failures_in_a_row += 1
             line += f"  failed: {trial.user_attrs.get('fail_reason', 'unknown')}"
@@ -297,94 +513,262 @@ def _params_text(trial: FrozenTrial) -> str:
     )
 
 
+@dataclasses.dataclass
+class Session:
+    """One process's handle on a study: the Optuna study and its MLflow side."""
+
+    study: optuna.Study
+    study_file: config_module.Study
+    tracker: Tracker
+    target: int
+
+
 def launch(
     study_file: config_module.Study,
     stores: Stores,
-    features: Features,
     n_trials: int | None = None,
-    progress: bool = True,
-) -> optuna.Study:
-    """Creates the study and its MLflow experiment, then runs trials to the target.
+    join: bool = False,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+) -> Session:
+    """Creates the study and its MLflow experiment and parent run.
+
+    Stores the study file, the target and the MLflow ids in the study, and
+    queues the baselines.
 
     Args:
         study_file: The parsed study file.
         stores: Where the Optuna study and the MLflow runs go.
-        features: The preprocessed data.
         n_trials: Overrides the study file's `n_trials`.
-        progress: Show the progress bar and per-trial lines.
-
-    Returns:
-        The Optuna study.
+        join: If the study exists (with the same file), open it instead.
+        max_retries: How many times a trial whose worker died is retried.
 
     Raises:
-        SweepError: The study exists already, or a store cannot be used.
+        SweepError: The study exists already (and not `join`, or with another
+            file), or a store cannot be used.
     """
     settings = study_file.study
     # Optuna announces each new study at INFO; the CLI says what it launches.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(stores.storage)
+    tracker = open_tracker(stores)
+    storage = open_storage(stores.storage, tracker, max_retries)
     if settings.name in _study_names(storage):
+        if join:
+            return resume(settings.name, stores, n_trials, study_file, max_retries)
         raise SweepError(
             f"study {settings.name!r} already exists in {stores.storage}; continue "
             f"it with `sweep resume {settings.name}`, or give the study file another "
             "[study] name"
         )
-    tracker = Tracker(stores.tracking_uri, stores.artifact_root)
     experiment_id = tracker.experiment(settings.name)
     parent_run_id = tracker.start_study_run(
         experiment_id, settings.name, {"sweep.study_file": study_file.path.name}
     )
-    study = optuna.create_study(
-        study_name=settings.name,
-        storage=storage,
-        sampler=make_sampler(settings),
-        pruner=make_pruner(settings, study_file.training),
-        direction="maximize",
-    )
+    try:
+        study = optuna.create_study(
+            study_name=settings.name,
+            storage=storage,
+            sampler=make_sampler(settings, 0),
+            pruner=make_pruner(settings, study_file.training),
+            direction="maximize",
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        # Another worker created it between our check and now.
+        tracker.client.delete_run(parent_run_id)
+        if join:
+            return resume(settings.name, stores, n_trials, study_file, max_retries)
+        raise SweepError(
+            f"study {settings.name!r} was just created elsewhere"
+        ) from None
     study.set_user_attr(STUDY_FILE_ATTR, study_file.text)
-    study.set_user_attr("n_trials", n_trials or settings.n_trials)
+    study.set_user_attr(TARGET_ATTR, n_trials or settings.n_trials)
     study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
     study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
     for baseline in study_file.baselines:
         study.enqueue_trial(baseline, user_attrs={"sweep.baseline": True})
-    objective = Objective(study_file, features, tracker, experiment_id, parent_run_id)
-    status = "FAILED"
-    try:
-        run_trials(study, objective, n_trials or settings.n_trials, progress)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.finish_run(parent_run_id, status)
-    return study
+    return Session(study, study_file, tracker, n_trials or settings.n_trials)
+
+
+def resume(
+    name: str,
+    stores: Stores,
+    n_trials: int | None = None,
+    study_file: config_module.Study | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    worker: int = 0,
+) -> Session:
+    """Opens an existing study to run more of its trials.
+
+    Trials left RUNNING by a dead process on this host are failed and re-queued
+    at once; those of other hosts when their heartbeat goes stale.
+
+    Args:
+        name: The study name.
+        stores: Where it lives.
+        n_trials: Raises the study's target of finished trials.
+        study_file: If given, must be the file the study was launched with.
+        max_retries: How many times a trial whose worker died is retried.
+        worker: This worker's index (seeds its sampler apart from the others).
+
+    Raises:
+        SweepError: No such study, or `study_file` differs from the stored one.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tracker = open_tracker(stores)
+    storage = open_storage(stores.storage, tracker, max_retries)
+    names = _study_names(storage)
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise SweepError(
+            f"no study {name!r} in {stores.storage} (studies there: {known}); "
+            "start it with `sweep launch STUDY_FILE`"
+        )
+    stored = optuna.load_study(study_name=name, storage=storage)
+    text = stored.user_attrs.get(STUDY_FILE_ATTR)
+    if text is None:
+        raise SweepError(f"study {name!r} was not created by sweep (no study file)")
+    launched = config_module.parse_study(text, Path(f"<study {name}>"))
+    changed = config_module.differences(launched, study_file) if study_file else ""
+    if changed:
+        raise SweepError(
+            f"{study_file.path} differs from the file study {name!r} was launched "
+            f"with ({changed}); the study is "
+            "unchanged: resume it without a file, or launch the new file under "
+            "another [study] name"
+        )
+    study = optuna.load_study(
+        study_name=name,
+        storage=storage,
+        # Reseeded past the trials already run: a resumed sampler must not
+        # replay the proposals of the first run.
+        sampler=make_sampler(launched.study, len(stored.trials) + 1, worker),
+        pruner=make_pruner(launched.study, launched.training),
+    )
+    target = stored.user_attrs.get(TARGET_ATTR, launched.study.n_trials)
+    if n_trials is not None and n_trials > target:
+        target = n_trials
+        study.set_user_attr(TARGET_ATTR, target)
+    fail_orphaned_trials(study, tracker, max_retries)
+    return Session(study, launched, tracker, target)
+
+
+def fail_orphaned_trials(
+    study: optuna.Study, tracker: Tracker, max_retries: int = DEFAULT_MAX_RETRIES
+) -> list[int]:
+    """Fails and re-queues RUNNING trials whose process (on this host) is gone.
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    host = socket.gethostname()
+    failed = []
+    retry = RetryStaleTrial(tracker, max_retries)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER_ATTR)
+        if not worker or worker.get("host") != host or _alive(worker.get("pid", -1)):
+            continue
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        failed.append(trial.number)
+        retry(study, study._storage.get_trial(trial._trial_id))  # noqa: SLF001
+    return failed
+
+
+def requeue_interrupted(
+    study: optuna.Study, tracker: Tracker, max_retries: int
+) -> None:
+    """Re-queues trials that an interrupt (Ctrl-C, SIGTERM) failed."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in RetryStaleTrial.retry_history(t)}
+    retry = RetryStaleTrial(tracker, max_retries)
+    for trial in trials:
+        if (
+            trial.state == TrialState.FAIL
+            and trial.user_attrs.get(INTERRUPTED_ATTR)
+            and trial.number not in retried
+        ):
+            retry(study, trial)
 
 
 def _study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in storage.get_all_studies()]
 
 
+def run(
+    session: Session,
+    features: Features,
+    checkpoints: Path,
+    progress: bool = True,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+) -> None:
+    """Runs the session's trials until the study reaches its target.
+
+    The study's MLflow run is RUNNING meanwhile, then FINISHED (or KILLED when
+    interrupted, FAILED when stopped by an error).
+    """
+    study, tracker = session.study, session.tracker
+    parent_run_id = study.user_attrs[PARENT_RUN_ATTR]
+    tracker.reopen_run(parent_run_id)
+    objective = Objective(
+        session.study_file,
+        features,
+        tracker,
+        study.user_attrs[EXPERIMENT_ATTR],
+        parent_run_id,
+        checkpoints / study.study_name,
+    )
+    status = "FAILED"
+    try:
+        run_trials(study, objective, session.target, progress)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        status = "KILLED"
+        requeue_interrupted(study, tracker, max_retries)
+        raise
+    finally:
+        tracker.finish_run(parent_run_id, status)
+
+
 def run_trials(
     study: optuna.Study, objective: Objective, target: int, progress: bool = True
 ) -> None:
-    """Runs trials until the study holds `target` finished trials.
+    """Runs trials, one at a time, until the study holds `target` finished trials.
+
+    Optuna's `MaxTrialsCallback` stops a worker once the target is reached, but
+    workers that start a trial at the same moment overshoot it; here a worker
+    starts a trial only while finished + running trials are short of the target
+    (and `Objective` drops a trial that lost that race), and waits otherwise:
+    if a running trial fails or its worker dies, the target is open again.
 
     Stops early, with a `SweepError`, after `MAX_CONSECUTIVE_FAILURES` failed
     trials in a row.
     """
+    objective.target = target
     bar = Progress(target, finished_count(study), enabled=progress)
-    stop_at_target = optuna.study.MaxTrialsCallback(target, states=FINISHED)
     verbosity = optuna.logging.get_verbosity()
     # Each trial's outcome is printed by `Progress`; Optuna's own lines (with a
     # traceback for every failed trial) would repeat them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        while finished_count(study) < target:
+        while (done := finished_count(study)) < target:
+            running = len(
+                study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            )
+            if done + running >= target:
+                # Others are finishing the last trials; a dead one's heartbeat
+                # goes stale and this frees its place.
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(1)
+                continue
             study.optimize(
                 objective,
-                n_trials=target - finished_count(study),
+                n_trials=1,
                 catch=(TrialFailed,),
-                callbacks=[bar, stop_at_target],
+                callbacks=[bar],
                 gc_after_trial=True,
             )
             if bar.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
@@ -443,3 +827,54 @@ def tracking_share(study: optuna.Study) -> str:
         f"MLflow logging: {tracked:.2f} s of {wall:.1f} s of trials "
         f"({100 * tracked / wall:.1f}%)"
     )
+
+
+def status_report(storage_url: str, name: str | None = None) -> str:
+    """The studies in a storage: trials per state, best trial, live workers.
+
+    Raises:
+        SweepError: `name` is not a study there.
+    """
+    storage = open_storage(storage_url)
+    summaries = storage.get_all_studies()
+    if name is not None:
+        summaries = [s for s in summaries if s.study_name == name]
+        if not summaries:
+            raise SweepError(f"no study {name!r} in {storage_url}")
+    if not summaries:
+        return f"no studies in {storage_url}"
+    stale = getattr(storage, "_get_stale_trial_ids", lambda study_id: [])
+    blocks = []
+    for summary in summaries:
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        counts = {state.name: 0 for state in TrialState}
+        for t in trials:
+            counts[t.state.name] += 1
+        target = study.user_attrs.get(TARGET_ATTR, "?")
+        lines = [
+            f"{summary.study_name}: {finished_count(study)} of {target} finished ("
+            + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
+            + ")"
+        ]
+        best = top_trials(study, 1)
+        if best:
+            t = best[0]
+            lines.append(
+                f"  best: trial {t.number} ({t.state.name.lower()}) val top-100 "
+                f"{best_accuracy(t):.4f} at epoch {t.user_attrs.get('best_epoch')}, "
+                f"{_params_text(t)}"
+            )
+        # A RUNNING trial whose heartbeat is not stale has a live worker.
+        stale_ids = set(stale(study._study_id))  # noqa: SLF001
+        alive = sorted(
+            f"{w['host']}:{w['pid']} (trial {t.number})"
+            for t in trials
+            if t.state == TrialState.RUNNING
+            and t._trial_id not in stale_ids  # noqa: SLF001
+            and (w := t.user_attrs.get(WORKER_ATTR))
+            and (w["host"] != socket.gethostname() or _alive(w["pid"]))
+        )
+        lines.append(f"  workers alive: {', '.join(alive) if alive else 'none'}")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)

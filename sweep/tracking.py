@@ -10,10 +10,12 @@ validation and one at the end), and the time spent in MLflow is measured.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -30,6 +32,27 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 # MLflow's SQLite store runs alembic migrations on first use and logs each one.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+
+_flushes = 0
+
+
+def _fault_point() -> None:
+    """Fault injection for the crash tests (off unless the variable is set).
+
+    `SWEEP_TEST_PAUSE_FLUSH=PATH:N` makes the N-th batch of this process touch
+    PATH and wait there, so a test can kill the process at a known point: before
+    that batch reaches MLflow.
+    """
+    global _flushes
+    spec = os.environ.get("SWEEP_TEST_PAUSE_FLUSH")
+    if not spec:
+        return
+    _flushes += 1
+    path, count = spec.rsplit(":", 1)
+    if _flushes == int(count):
+        Path(path).touch()
+        time.sleep(120)
 
 
 def _now_ms() -> int:
@@ -65,9 +88,18 @@ class Tracker:
         location = None
         if self.artifact_root is not None:
             location = (Path(self.artifact_root) / name).resolve().as_uri()
-        return self.client.create_experiment(
-            name, artifact_location=location, tags=EXPERIMENT_KIND
-        )
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=location, tags=EXPERIMENT_KIND
+            )
+        except MlflowException as e:
+            # Another worker created it since we looked.
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise SweepError(
+                    f"cannot create MLflow experiment {name!r}: {e}"
+                ) from None
+            return experiment.experiment_id
 
     def start_study_run(self, experiment_id: str, study_name: str, tags: dict) -> str:
         """Creates the study's parent run; returns its id."""
@@ -112,6 +144,35 @@ class Tracker:
         """Ends a run (e.g. the study's parent run) with an MLflow status."""
         self.client.set_terminated(run_id, status)
 
+    def reopen_run(self, run_id: str) -> None:
+        """Marks an ended run RUNNING again (the study's run, on resume)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def kill_trial_run(self, run_id: str, reason: str) -> None:
+        """Ends a trial run whose worker is gone: KILLED, with the reason."""
+        run = self.client.get_run(run_id)
+        if run.info.status != "RUNNING":
+            return
+        self.client.log_batch(
+            run_id,
+            tags=[RunTag(STATE_TAG, "FAIL"), RunTag("sweep.fail_reason", reason)],
+        )
+        self.client.set_terminated(run_id, "KILLED")
+
+    def download_checkpoint(
+        self, run_id: str, artifact_path: str, folder: Path
+    ) -> Path | None:
+        """Fetches the checkpoint file a run logged, or None if it has none."""
+        try:
+            names = [f.path for f in self.client.list_artifacts(run_id, artifact_path)]
+        except Exception:  # a run without artifacts, or an unreachable store
+            return None
+        if not names:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        local = self.client.download_artifacts(run_id, names[-1], str(folder))
+        return Path(local)
+
 
 class TrialRun:
     """One trial's run: buffered metrics, flushed in batches, then ended.
@@ -141,6 +202,7 @@ class TrialRun:
         """Sends what is buffered in one `log_batch` call."""
         if not (self._metrics or self._tags or self.params):
             return
+        _fault_point()
         start = time.perf_counter()
         self.client.log_batch(
             self.run_id, metrics=self._metrics, params=self.params, tags=self._tags
@@ -148,15 +210,23 @@ class TrialRun:
         self._metrics, self._tags, self.params = [], [], []
         self.seconds += time.perf_counter() - start
 
-    def finish(self, state: str) -> None:
+    def log_artifact(self, path: Path, artifact_path: str) -> None:
+        """Copies a local file into the run's artifacts (timed like the rest)."""
+        start = time.perf_counter()
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self.seconds += time.perf_counter() - start
+
+    def finish(self, state: str, status: str | None = None) -> None:
         """Tags the trial state, flushes, and ends the run.
 
         Args:
             state: The Optuna state: COMPLETE and PRUNED end the run FINISHED,
-                FAIL ends it FAILED, anything else KILLED.
+                FAIL ends it FAILED.
+            status: The MLflow status, if not the one `state` implies (e.g.
+                KILLED for an interrupted trial).
         """
         self.set_tag(STATE_TAG, state)
         self.flush()
         start = time.perf_counter()
-        self.client.set_terminated(self.run_id, RUN_STATUS.get(state, "KILLED"))
+        self.client.set_terminated(self.run_id, status or RUN_STATUS[state])
         self.seconds += time.perf_counter() - start

@@ -10,7 +10,9 @@ best validation's weights, and fail the trial if the loss diverges.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import random
 import sys
 import time
@@ -134,6 +136,55 @@ class TrainResult:
         }
 
 
+@dataclasses.dataclass
+class Checkpoint:
+    """Everything needed to continue a trial after its last validation.
+
+    Attributes:
+        epoch: The last finished (and validated) epoch.
+        weights: The model weights after that epoch.
+        optimizer: The optimizer's variables (Adagrad accumulators, iterations).
+        validations: The validations so far.
+        best_weights: The weights of the best validation so far.
+    """
+
+    epoch: int
+    weights: list[np.ndarray]
+    optimizer: list[np.ndarray]
+    validations: list[Validation]
+    best_weights: list[np.ndarray]
+
+    def save(self, path: Path) -> None:
+        """Writes the checkpoint atomically (a reader sees all of it or none)."""
+        arrays = {f"w{i}": w for i, w in enumerate(self.weights)}
+        arrays.update({f"o{i}": v for i, v in enumerate(self.optimizer)})
+        arrays.update({f"b{i}": w for i, w in enumerate(self.best_weights)})
+        meta = {
+            "epoch": self.epoch,
+            "counts": [len(self.weights), len(self.optimizer), len(self.best_weights)],
+            "validations": [dataclasses.asdict(v) for v in self.validations],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        """Reads a checkpoint written by `save`."""
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            weights, optimizer, best = meta["counts"]
+            return cls(
+                epoch=meta["epoch"],
+                weights=[data[f"w{i}"] for i in range(weights)],
+                optimizer=[data[f"o{i}"] for i in range(optimizer)],
+                validations=[Validation(**v) for v in meta["validations"]],
+                best_weights=[data[f"b{i}"] for i in range(best)],
+            )
+
+
 class ValidationTracker(keras.callbacks.Callback):
     """Collects losses and validations, keeps the best weights, stops divergence.
 
@@ -144,20 +195,30 @@ class ValidationTracker(keras.callbacks.Callback):
     Args:
         on_epoch: Called with each epoch (1-based) and its training loss.
         on_validation: Called with each `Validation` as soon as it is known.
+        on_checkpoint: Called with a `Checkpoint` after each validation (once
+            `on_validation` returned, i.e. the trial goes on).
+        resumed: The checkpoint training continues from, if any.
     """
 
     def __init__(
         self,
         on_epoch: Callable[[int, float], None] | None = None,
         on_validation: Callable[[Validation], None] | None = None,
+        on_checkpoint: Callable[[Checkpoint], None] | None = None,
+        resumed: Checkpoint | None = None,
     ):
         super().__init__()
         self.on_epoch = on_epoch
         self.on_validation = on_validation
+        self.on_checkpoint = on_checkpoint
         self.losses: list[float] = []
-        self.validations: list[Validation] = []
-        self.best: Validation | None = None
-        self.best_weights: list[np.ndarray] | None = None
+        self.validations: list[Validation] = list(
+            resumed.validations if resumed else []
+        )
+        self.best: Validation | None = _best(self.validations)
+        self.best_weights: list[np.ndarray] | None = (
+            resumed.best_weights if resumed and self.best else None
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         """Records the epoch; on validation epochs, the validation too."""
@@ -188,6 +249,24 @@ class ValidationTracker(keras.callbacks.Callback):
             self.best_weights = [np.array(w) for w in self.model.get_weights()]
         if self.on_validation is not None:
             self.on_validation(validation)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(
+                Checkpoint(
+                    epoch=epoch + 1,
+                    weights=[np.array(w) for w in self.model.get_weights()],
+                    optimizer=[np.array(v) for v in self.model.optimizer.variables],
+                    validations=list(self.validations),
+                    best_weights=self.best_weights,
+                )
+            )
+
+
+def _best(validations: list[Validation]) -> Validation | None:
+    best = None
+    for v in validations:
+        if best is None or v.val_top100_accuracy > best.val_top100_accuracy:
+            best = v
+    return best
 
 
 def enable_compilation_cache(folder: Path) -> None:
@@ -223,6 +302,25 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
+def restore(model: RetrievalModel, checkpoint: Checkpoint, sample: dict) -> None:
+    """Loads a checkpoint's weights and optimizer state into a fresh model.
+
+    Args:
+        model: A compiled model of the checkpoint's configuration.
+        checkpoint: What to load.
+        sample: One example, to build the model's layers before loading.
+    """
+    model(sample, training=False)
+    model.set_weights(checkpoint.weights)
+    model.optimizer.build(model.trainable_variables)
+    if len(model.optimizer.variables) != len(checkpoint.optimizer):
+        raise ValueError("the checkpoint's optimizer state does not fit this model")
+    for variable, value in zip(
+        model.optimizer.variables, checkpoint.optimizer, strict=True
+    ):
+        variable.assign(value)
+
+
 def build_model(config: TrainConfig, features: Features) -> RetrievalModel:
     """A compiled model for `config`, weights seeded from `config.seed`."""
     seed_everything(config.seed)
@@ -241,6 +339,8 @@ def train(
     features: Features,
     on_validation: Callable[[Validation], None] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    resume_from: Checkpoint | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
     """Trains and validates one configuration.
@@ -251,6 +351,9 @@ def train(
         on_validation: Called after each validation (e.g. to report to a pruner;
             it may raise to stop the trial).
         on_epoch: Called after each epoch with its number and training loss.
+        on_checkpoint: Called with a `Checkpoint` after each validation.
+        resume_from: Continue from this checkpoint (weights, optimizer state and
+            epoch) instead of from scratch.
         callbacks: More Keras callbacks for `fit`.
 
     Returns:
@@ -263,7 +366,9 @@ def train(
     x_train, y_train = features.examples(train_rows)
     x_val, y_val = features.examples(val_rows)
     model = build_model(config, features)
-    tracker = ValidationTracker(on_epoch, on_validation)
+    if resume_from is not None:
+        restore(model, resume_from, {k: v[:1] for k, v in x_train.items()})
+    tracker = ValidationTracker(on_epoch, on_validation, on_checkpoint, resume_from)
     validation_epochs = config.validation_epochs()
     start = time.perf_counter()
     model.fit(
@@ -271,6 +376,7 @@ def train(
         y_train,
         batch_size=config.batch_size,
         epochs=config.epochs,
+        initial_epoch=resume_from.epoch if resume_from else 0,
         shuffle=True,
         validation_data=(x_val, y_val),
         # All validation queries in one batch: one matmul and one top-k.

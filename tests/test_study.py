@@ -145,3 +145,60 @@ def test_stores_are_two_sqlite_files_under_sweep_home(tmp_path, spec):
     )
     assert parent.data.tags["sweep.role"] == "study"
     assert parent.info.status == "FINISHED"
+
+
+def test_four_workers_share_one_sqlite_study_exactly(tmp_path, spec):
+    path = study_file(tmp_path, name="par", n_trials=8, sampler="random",
+                      rates="0.05, 0.1, 0.2")  # fmt: skip
+    home = tmp_path / "home"
+    result = launch(path, spec, home, "--workers", "4")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "database is locked" not in output
+    study = optuna.load_study(
+        study_name="par", storage=f"sqlite:///{home / 'optuna.db'}"
+    )
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 8
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    workers = {t.user_attrs["sweep.worker"]["pid"] for t in finished}
+    assert len(workers) > 1, "the trials did not spread over the workers"
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("par").experiment_id],
+        "tags.`sweep.role` = 'trial'",
+    )
+    assert sum(r.info.status == "FINISHED" for r in runs) == 8
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_status_lists_counts_and_best(tmp_path, spec):
+    home = tmp_path / "home"
+    assert launch(study_file(tmp_path, n_trials=2), spec, home).returncode == 0
+    result = run_sweep("status", env={"SWEEP_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert "t: 2 of 2 finished (2 complete)" in result.stdout
+    assert "best: trial" in result.stdout
+    assert "workers alive: none" in result.stdout
+    missing = run_sweep("status", "nope", env={"SWEEP_HOME": str(home)})
+    assert_one_line_error(missing, "no study 'nope'")
+
+
+def test_resume_of_unknown_study_is_one_line(tmp_path, spec):
+    result = run_sweep("resume", "ghost", "--data-source", spec,
+                       env={"SWEEP_HOME": str(tmp_path / "home")})  # fmt: skip
+    assert_one_line_error(result, "no study 'ghost'", "sweep launch STUDY_FILE")
+
+
+def test_resume_raises_the_target_and_never_requeues_baselines(tmp_path, spec):
+    path = study_file(tmp_path, n_trials=2, sampler="random", rates="0.05, 0.1, 0.2",
+                      baselines=baseline(0.05))  # fmt: skip
+    home = tmp_path / "home"
+    assert launch(path, spec, home).returncode == 0
+    result = run_sweep("resume", "t", "--n-trials", "4", "--data-source", spec,
+                       env={"SWEEP_HOME": str(home)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 4
+    baselines = [t for t in study.trials if t.user_attrs.get("sweep.baseline")]
+    assert len(baselines) == 1

@@ -1,0 +1,181 @@
+"""Crashes, interrupts and resumes of a sweep on the real data, in subprocesses.
+
+A sweep is stopped at a known point (a fault-injection pause before the N-th
+MLflow batch of the process: 2 = the first validation, 3 = the second, 4 = the
+trial's final batch), then resumed; afterwards both stores must agree that no
+trial was lost, none ran twice and no run was left RUNNING.
+"""
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+
+from tests.test_cli import run_sweep
+
+pytestmark = pytest.mark.slow
+
+STUDY = """
+[study]
+name = "crash"
+n_trials = 3
+seed = 5
+sampler = "random"
+pruner = "none"
+
+[training]
+epochs = 4
+validation_freq = 2
+batch_size = 1000
+
+[space]
+depth = { low = 1, high = 2 }
+width = { choices = [16, 32] }
+embedding_dim = { choices = [16, 32] }
+learning_rate = { low = 0.05, high = 0.2, log = true }
+"""
+
+
+@pytest.fixture
+def home(real_home, real_features, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").symlink_to(real_home / "cache")
+    (home / "downloads").symlink_to(real_home / "downloads")
+    return home
+
+
+def start_launch(tmp_path, home, pause_at):
+    study_file = tmp_path / "crash.toml"
+    study_file.write_text(STUDY)
+    marker = tmp_path / "paused"
+    env = {
+        **os.environ,
+        "SWEEP_HOME": str(home),
+        "SWEEP_TEST_PAUSE_FLUSH": f"{marker}:{pause_at}",
+    }
+    sweep = os.path.join(os.path.dirname(sys.executable), "sweep")
+    proc = subprocess.Popen(
+        [sweep, "launch", str(study_file), "--data-source", "recbole"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the sweep never reached the pause"
+        time.sleep(0.1)
+    return proc
+
+
+def stores(home):
+    study = optuna.load_study(
+        study_name="crash", storage=f"sqlite:///{home / 'optuna.db'}"
+    )
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("crash").experiment_id],
+        "tags.`sweep.role` = 'trial'",
+    )
+    return study, runs
+
+
+def check_consistent(home, stopped_trial):
+    """The invariants after the resumed sweep has finished."""
+    study, runs = stores(home)
+    trials = study.trials
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 3
+    # No run left RUNNING; each finished trial has exactly one FINISHED run.
+    assert all(r.info.status != "RUNNING" for r in runs)
+    finished_runs = collections.Counter(
+        r.data.tags["optuna.trial_number"] for r in runs if r.info.status == "FINISHED"
+    )
+    assert finished_runs == collections.Counter(str(t.number) for t in finished)
+    # The stopped trial failed once and ran again under another number, with the
+    # same params; no configuration finished twice.
+    stopped = trials[stopped_trial]
+    assert stopped.state.name == "FAIL"
+    retries = [
+        t for t in trials if t.system_attrs.get("failed_trial") == stopped.number
+    ]
+    assert len(retries) == 1
+    retry = retries[0]
+    assert retry.params == stopped.params
+    assert retry.state.name == "COMPLETE"
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == len(finished)
+    retry_run = next(
+        r for r in runs if r.info.run_id == retry.user_attrs["mlflow_run_id"]
+    )
+    assert retry_run.data.tags["sweep.retry_of"] == str(stopped.number)
+    stopped_run = next(
+        r for r in runs if r.info.run_id == stopped.user_attrs["mlflow_run_id"]
+    )
+    assert stopped_run.info.status in ("KILLED", "FAILED")
+    return stopped, retry
+
+
+@pytest.mark.parametrize(
+    "pause_at, resumed_epoch",
+    [(2, None), (3, 2), (4, 4)],
+    ids=["before-first-validation", "after-one-validation", "during-final-logging"],
+)
+def test_sigkill_then_resume_loses_nothing(tmp_path, home, pause_at, resumed_epoch):
+    proc = start_launch(tmp_path, home, pause_at)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    study, _ = stores(home)
+    assert [t.state.name for t in study.trials] == ["RUNNING"]
+    result = run_sweep("resume", "crash", "--data-source", "recbole",
+                       env={"SWEEP_HOME": str(home)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stopped, retry = check_consistent(home, 0)
+    assert retry.user_attrs.get("resumed_from_epoch") == resumed_epoch
+    # The pruner sees one curve: the retry inherits the values reported before.
+    for step, value in stopped.intermediate_values.items():
+        assert retry.intermediate_values[step] == value
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"]
+)
+def test_interrupt_stops_cleanly_and_resume_finishes(tmp_path, home, signum):
+    proc = start_launch(tmp_path, home, 3)
+    start = time.monotonic()
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=30)
+    assert time.monotonic() - start < 10, "stopping took too long"
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "sweep resume crash" in stderr
+    study, runs = stores(home)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "WAITING"]  # failed and re-queued, nothing RUNNING
+    assert all(r.info.status != "RUNNING" for r in runs)
+    result = run_sweep("resume", "crash", "--data-source", "recbole",
+                       env={"SWEEP_HOME": str(home)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    _, retry = check_consistent(home, 0)
+    assert retry.user_attrs.get("resumed_from_epoch") == 2
+
+
+def test_resume_with_another_file_refuses_and_changes_nothing(tmp_path, home):
+    proc = start_launch(tmp_path, home, 2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    other = tmp_path / "other.toml"
+    other.write_text(STUDY.replace("epochs = 4", "epochs = 6"))
+    before = [t.state.name for t in stores(home)[0].trials]
+    result = run_sweep("resume", "crash", "--study-file", str(other),
+                       env={"SWEEP_HOME": str(home)})  # fmt: skip
+    assert result.returncode == 1
+    assert "[training] epochs: 4 -> 6" in result.stderr
+    assert [t.state.name for t in stores(home)[0].trials] == before

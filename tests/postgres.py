@@ -1,0 +1,64 @@
+"""A real PostgreSQL server on loopback for the tests (Debian's `postgresql`)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def binaries() -> Path | None:
+    """The folder of Debian's PostgreSQL server binaries, if installed."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+class Server:
+    """Starts a throwaway cluster (trust auth, loopback only) and stops it."""
+
+    def __init__(self):
+        self.bin = binaries()
+        self.port = _free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="sweep-pg-"))
+        self.data = self.dir / "data"
+        # The server refuses to run as root; Debian's package makes `postgres`.
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def run(self, *args: str) -> None:
+        subprocess.run([*self.as_user, *args], check=True, capture_output=True)
+
+    def start(self) -> str:
+        if self.as_user:
+            shutil.chown(self.dir, "postgres")
+        self.run(
+            str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "sweep"
+        )
+        self.run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l",
+            str(self.dir / "log"), "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1",
+            "start",
+        )  # fmt: skip
+        self.run(
+            str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+            "-U", "sweep", "sweep",
+        )  # fmt: skip
+        return f"postgresql://sweep@127.0.0.1:{self.port}/sweep"
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m",
+             "fast", "stop"],
+            capture_output=True,
+        )  # fmt: skip
+        shutil.rmtree(self.dir, ignore_errors=True)
