@@ -198,13 +198,24 @@ def open_storage(
         with warnings.catch_warnings(), sqlite_setup_lock(url):
             # The heartbeat arguments are marked experimental.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=RetryStaleTrial(tracker, max_retries),
-            )
+            for attempt in range(3):
+                try:
+                    return optuna.storages.RDBStorage(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=HEARTBEAT_SECONDS,
+                        grace_period=GRACE_SECONDS,
+                        heartbeat_stale_trial_callback=RetryStaleTrial(
+                            tracker, max_retries
+                        ),
+                    )
+                except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                    # Workers creating a new database's tables at once (on
+                    # PostgreSQL, where the file lock cannot help): the loser
+                    # finds them made on its next try.
+                    if attempt == 2:
+                        raise
+                    time.sleep(1 + attempt)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
         raise SweepError(
             f"storage {url!r} is not a database URL ({e}); expected e.g. "

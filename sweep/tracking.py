@@ -59,6 +59,40 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class RetryingClient:
+    """An `MlflowClient` whose calls retry (a bounded number of times) on a lock.
+
+    Another worker may hold a SQLite store's write lock, and MLflow's SQLite
+    store waits only SQLite's default 5 s for it. MLflow's REST client already
+    retries HTTP errors itself, so only locks are retried here. A locked write
+    was rolled back, so retrying it cannot write twice.
+    """
+
+    ATTEMPTS = 6
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            for attempt in range(self.ATTEMPTS):
+                try:
+                    return attribute(*args, **kwargs)
+                except Exception as e:
+                    if (
+                        "database is locked" not in str(e)
+                        or attempt == self.ATTEMPTS - 1
+                    ):
+                        raise
+                    time.sleep(0.2 * 2**attempt)
+
+        return call
+
+
 class Tracker:
     """The MLflow side of one study.
 
@@ -71,7 +105,7 @@ class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
-        self.client = MlflowClient(tracking_uri)
+        self.client = RetryingClient(MlflowClient(tracking_uri))
 
     def experiment(self, name: str) -> str:
         """The id of the study's experiment, created (model development) if new."""

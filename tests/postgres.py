@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -28,7 +28,7 @@ class Server:
 
     def __init__(self):
         self.bin = binaries()
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="sweep-pg-"))
         self.data = self.dir / "data"
         # The server refuses to run as root; Debian's package makes `postgres`.
@@ -49,11 +49,15 @@ class Server:
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1",
             "start",
         )  # fmt: skip
+        return self.create_database("sweep")
+
+    def create_database(self, name: str) -> str:
+        """Creates a database; returns its URL."""
         self.run(
             str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-            "-U", "sweep", "sweep",
+            "-U", "sweep", name,
         )  # fmt: skip
-        return f"postgresql://sweep@127.0.0.1:{self.port}/sweep"
+        return f"postgresql://sweep@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
         subprocess.run(
