@@ -202,3 +202,21 @@ def test_resume_raises_the_target_and_never_requeues_baselines(tmp_path, spec):
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 4
     baselines = [t for t in study.trials if t.user_attrs.get("sweep.baseline")]
     assert len(baselines) == 1
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_resumed_and_parallel_samplers_do_not_replay_proposals(sampler):
+    from sweep.config import StudySettings
+    from sweep.study import make_sampler
+
+    settings = StudySettings(name="x", n_trials=5, seed=42, sampler=sampler)
+    space = {"lr": optuna.distributions.FloatDistribution(0.01, 0.5, log=True)}
+
+    def first(s):
+        study = optuna.create_study(sampler=s)
+        return [study.ask(space).params["lr"] for _ in range(3)]
+
+    launched = first(make_sampler(settings))
+    assert launched == first(make_sampler(settings))  # reproducible launch
+    assert set(first(make_sampler(settings, 4))).isdisjoint(launched)  # resumed
+    assert first(make_sampler(settings, 4, 1)) != first(make_sampler(settings, 4, 0))

@@ -1,0 +1,68 @@
+"""A trial whose worker stopped sending Optuna heartbeats (another host, say)
+is failed and re-queued by the next worker to look, and its MLflow run killed."""
+
+import sqlite3
+
+import optuna
+
+from sweep import study as study_module
+from sweep.study import RUN_ID_ATTR, WORKER_ATTR
+
+
+def test_stale_heartbeat_fails_the_trial_kills_its_run_and_queues_a_retry(tmp_path):
+    stores = study_module.resolve_stores(tmp_path)
+    tracker = study_module.open_tracker(stores)
+    storage = study_module.open_storage(stores.storage, tracker, max_retries=1)
+    study = optuna.create_study(study_name="hb", storage=storage, direction="maximize")
+    experiment = tracker.experiment("hb")
+    parent = tracker.start_study_run(experiment, "hb", {})
+
+    trial = study.ask({"depth": optuna.distributions.IntDistribution(1, 3)})
+    run = tracker.start_trial(experiment, parent, "hb", trial.number, trial.params)
+    trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+    trial.set_user_attr(WORKER_ATTR, {"host": "another-machine", "pid": 1})
+    trial.report(0.25, 5)
+    storage.record_heartbeat(trial._trial_id)
+    # The worker went silent a minute ago (past the 30 s grace period).
+    with sqlite3.connect(tmp_path / "optuna.db") as db:
+        db.execute(
+            "update trial_heartbeats set heartbeat = datetime('now', '-60 seconds')"
+        )
+
+    optuna.storages.fail_stale_trials(study)
+
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    retry = trials[1]
+    assert retry.params == trials[0].params
+    assert retry.intermediate_values == {5: 0.25}
+    assert retry.system_attrs["failed_trial"] == 0
+    killed = tracker.client.get_run(run.run_id)
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["sweep.trial_state"] == "FAIL"
+    assert "heartbeat" in killed.data.tags["sweep.fail_reason"]
+
+    # max_retries=1: the retry, stale in turn, is not retried again.
+    study._storage.set_trial_state_values(
+        retry._trial_id, optuna.trial.TrialState.RUNNING
+    )
+    storage.record_heartbeat(retry._trial_id)
+    with sqlite3.connect(tmp_path / "optuna.db") as db:
+        db.execute(
+            "update trial_heartbeats set heartbeat = datetime('now', '-60 seconds')"
+        )
+    optuna.storages.fail_stale_trials(study)
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "FAIL"]
+
+
+def test_fail_orphaned_trials_leaves_live_and_remote_workers_alone(tmp_path):
+    stores = study_module.resolve_stores(tmp_path)
+    tracker = study_module.open_tracker(stores)
+    storage = study_module.open_storage(stores.storage, tracker)
+    study = optuna.create_study(study_name="o", storage=storage)
+    alive = study.ask()
+    alive.set_user_attr(WORKER_ATTR, study_module.worker_identity())
+    remote = study.ask()
+    remote.set_user_attr(WORKER_ATTR, {"host": "another-machine", "pid": 999999})
+    assert study_module.fail_orphaned_trials(study, tracker) == []
+    assert {t.state.name for t in study.get_trials()} == {"RUNNING"}
