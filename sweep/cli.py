@@ -151,6 +151,7 @@ def _run(args, session, stores, features, home) -> int:
         code = workers.run_workers(args.workers, _worker_args(args, name, stores))
         if code == 130:
             print(f"interrupted; continue with `sweep resume {name}`", file=sys.stderr)
+        if code:
             return code
     else:
         train.enable_compilation_cache(home / "jax-cache")

@@ -372,6 +372,9 @@ class Objective:
             run.log_metric("tracking_seconds", run.seconds, 0)
             run.finish(state, status)
             trial.set_user_attr("tracking_seconds", round(run.seconds, 4))
+            if status != "KILLED":
+                # Only an interrupted trial is retried and needs its checkpoint.
+                checkpoint_path.unlink(missing_ok=True)
 
         keras.backend.clear_session()
         try:
@@ -406,7 +409,6 @@ class Objective:
             close("FAIL", "KILLED")
             raise
         close("COMPLETE")
-        checkpoint_path.unlink(missing_ok=True)
         return result.best.val_top100_accuracy
 
     def _check_needed(self, trial: optuna.Trial) -> None:
