@@ -173,8 +173,9 @@ def build_features(records: movielens.MovieLens, source: movielens.Source) -> Fe
     Returns:
         The features of every user, movie and rating.
     """
-    import keras
     import tensorflow as tf
+
+    from sweep.backend import keras
 
     # Keras's IntegerLookup keeps an int64 vocabulary that JAX (x64 off) stores
     # as int32; the ids here are tiny, so the narrowing is harmless.

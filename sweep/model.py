@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
-import keras_rs
 import numpy as np
 
+from sweep.backend import keras, keras_rs
 from sweep.data import CANDIDATE_FEATURES, QUERY_FEATURES, Vocabulary
 
 RETRIEVAL_K = 100

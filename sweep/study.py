@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import config as config_module
 from sweep import space, train
+from sweep.backend import keras
 from sweep.data import Features
 from sweep.errors import SweepError, TrialFailed
 from sweep.tracking import Tracker
@@ -309,8 +310,6 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Runs one trial; returns its best validation top-100 accuracy."""
-        import keras
-
         config = space.suggest(trial, self.study)
         frozen = _frozen(trial)
         self._check_needed(trial)

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import keras
 import numpy as np
 
+from sweep.backend import keras
 from sweep.data import Features
 from sweep.errors import ConfigError, TrialFailed
 from sweep.model import METRIC_NAME, RetrievalModel, layer_sizes
