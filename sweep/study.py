@@ -54,6 +54,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 10
 # Optuna's heartbeat: a running trial records one every HEARTBEAT seconds; one
 # silent for GRACE seconds is failed (and retried) by the next worker to look.
+# The heartbeat and retry APIs used here are marked experimental; their
+# warnings would print on every trial.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 HEARTBEAT_SECONDS = 5
 GRACE_SECONDS = 30
 DEFAULT_MAX_RETRIES = 3
@@ -196,9 +199,7 @@ def open_storage(
         # Wait for a busy database instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
-        with warnings.catch_warnings(), sqlite_setup_lock(url):
-            # The heartbeat arguments are marked experimental.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with sqlite_setup_lock(url):
             for attempt in range(3):
                 try:
                     return optuna.storages.RDBStorage(
