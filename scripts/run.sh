@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/sweep launch studies/deep_retrieval.toml "$@"
+# --join: run again, it continues the same study instead of refusing.
+exec .venv/bin/sweep launch --join studies/deep_retrieval.toml "$@"
