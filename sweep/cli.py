@@ -208,12 +208,16 @@ def _cpus(text: str) -> list[int]:
         ) from None
 
 
-def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_storage_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
         help="Optuna storage URL (default $SWEEP_STORAGE, else "
         "sqlite:///$SWEEP_HOME/optuna.db)",
     )
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_storage_argument(parser)
     parser.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
@@ -319,11 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help=cmd_status.__doc__, description=cmd_status.__doc__
     )
     status.add_argument("name", nargs="?", help="one study (default: all)")
-    status.add_argument(
-        "--storage",
-        help="Optuna storage URL (default $SWEEP_STORAGE, else "
-        "sqlite:///$SWEEP_HOME/optuna.db)",
-    )
+    _add_storage_argument(status)
     status.set_defaults(run=cmd_status)
     return parser
 

@@ -312,8 +312,11 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         """Runs one trial; returns its best validation top-100 accuracy."""
         config = space.suggest(trial, self.study)
-        frozen = _frozen(trial)
-        self._check_needed(trial)
+        # One read of the study serves both: a live Trial no longer exposes its
+        # system attrs (where Optuna keeps the retry history); its frozen copy does.
+        trials = trial.study.get_trials(deepcopy=False)
+        frozen = next(t for t in trials if t.number == trial.number)
+        self._check_needed(trial, trials)
         retry_of = RetryStaleTrial.retried_trial_number(frozen)
         tags = {} if retry_of is None else {RETRY_TAG: str(retry_of)}
         previous_run = (
@@ -411,13 +414,13 @@ class Objective:
         close("COMPLETE")
         return result.best.val_top100_accuracy
 
-    def _check_needed(self, trial: optuna.Trial) -> None:
+    def _check_needed(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> None:
         """Drops a trial started when earlier ones already make up the target."""
         if self.target is None:
             return
         ahead = sum(
             1
-            for t in trial.study.get_trials(deepcopy=False)
+            for t in trials
             if t.number < trial.number and t.state in (*FINISHED, TrialState.RUNNING)
         )
         if ahead >= self.target:
@@ -450,21 +453,13 @@ class Objective:
         close("FAIL")
 
 
-def _frozen(trial: optuna.Trial) -> FrozenTrial:
-    # A live Trial no longer exposes its system attrs (where Optuna keeps the
-    # retry history); its frozen copy in the study does.
-    return next(
-        t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number
-    )
-
-
 class Progress:
     """A progress bar over the study's finished trials, and one line per trial.
 
     Args:
         target: Finished trials the study aims for.
         done: Finished trials before this run.
-        write: Prints one line (under the bar).
+        enabled: Show the bar and the per-trial lines.
     """
 
     def __init__(self, target: int, done: int, enabled: bool = True):
