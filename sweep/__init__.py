@@ -9,5 +9,7 @@ import os
 os.environ["KERAS_BACKEND"] = "jax"
 # TensorFlow (data cache builds, serving export) logs C++ INFO lines otherwise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# MLflow draws a progress bar for every artifact download, a few small files here.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 from sweep.errors import SweepError, TrialFailed
 
@@ -199,6 +200,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Exports a study's best complete trial as a servable recommender."""
+    from sweep import data, export, study, train
+
+    home = data.sweep_home()
+    stores = study.resolve_stores(home, args.storage, args.tracking_uri)
+    trial = export.select(stores, args.name, args.out, args.trial, args.force)
+    features = data.load(args.data_source, home=home, log=print)
+    train.enable_compilation_cache(home / "jax-cache")
+    result = export.export(
+        args.name, trial, args.out, stores, features, register=args.register
+    )
+    print(f"exported trial {result.trial} of study {args.name!r} to {result.folder}")
+    if result.model_version is not None:
+        print(
+            f"serve it: sweep recommend --model models:/{args.name}@"
+            f"{export.CHAMPION_ALIAS} --user-id 1"
+        )
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Prints the top-k movies for a MovieLens user from an exported model."""
+    from sweep import serving
+
+    if args.model.startswith(("models:/", "runs:/")):
+        from sweep import data, study, train
+
+        home = data.sweep_home()
+        stores = study.resolve_stores(home, None, args.tracking_uri)
+        train.enable_compilation_cache(home / "jax-cache")
+        picks = serving.recommend_registered(
+            args.model, stores.tracking_uri, args.user_id, args.k
+        )
+    else:
+        picks = serving.recommend(Path(args.model), args.user_id, args.k)
+    print(f"top {len(picks)} movies for user {args.user_id} ({args.model}):")
+    for rank, pick in enumerate(picks, 1):
+        print(f"{rank:3d}. {pick.title}  (score {pick.score:.4f})")
+    return 0
+
+
 def _cpus(text: str) -> list[int]:
     try:
         return [int(c) for c in text.split(",") if c]
@@ -325,6 +368,47 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name", nargs="?", help="one study (default: all)")
     _add_storage_argument(status)
     status.set_defaults(run=cmd_status)
+
+    export = verbs.add_parser(
+        "export", help=cmd_export.__doc__, description=cmd_export.__doc__
+    )
+    export.add_argument("name", help="the study name")
+    export.add_argument(
+        "--trial",
+        type=int,
+        help="export this trial (it must be complete) instead of the best one",
+    )
+    export.add_argument("--out", required=True, type=Path, help="the export folder")
+    export.add_argument(
+        "--register",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="register it in the MLflow Model Registry under the study name, "
+        "alias champion (default: on)",
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace a non-empty --out folder"
+    )
+    _add_store_arguments(export)
+    export.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
+    export.set_defaults(run=cmd_export)
+
+    recommend = verbs.add_parser(
+        "recommend", help=cmd_recommend.__doc__, description=cmd_recommend.__doc__
+    )
+    recommend.add_argument(
+        "--model",
+        required=True,
+        help="an export folder, or a registered model such as models:/NAME@champion",
+    )
+    recommend.add_argument("--user-id", type=int, required=True, help="MovieLens user")
+    recommend.add_argument("--k", type=_positive_int, default=10, help="movies")
+    recommend.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI of a models:/ URI's registry (default "
+        "$MLFLOW_TRACKING_URI, else sqlite:///$SWEEP_HOME/mlflow.db)",
+    )
+    recommend.set_defaults(run=cmd_recommend)
     return parser
 
 

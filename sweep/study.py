@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import json
 import math
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -48,6 +50,10 @@ INTERRUPTED_ATTR = "sweep.interrupted"
 SURPLUS_ATTR = "sweep.surplus"
 RETRY_TAG = "sweep.retry_of"
 CHECKPOINT_ARTIFACT = "checkpoint"
+# A complete trial's model: its best epoch's weights and what they need to load.
+BEST_ARTIFACT = "best_model"
+BEST_WEIGHTS_FILE = "model.weights.h5"
+BEST_INFO_FILE = "best.json"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A space where every trial fails (e.g. every rate diverges) would otherwise
 # loop forever; this many failures in a row stop the sweep.
@@ -389,6 +395,7 @@ class Objective:
                 on_checkpoint=on_checkpoint,
                 resume_from=resumed,
             )
+            self._keep_best(run, config, result, trial.number)
         except optuna.TrialPruned:
             run.set_tag("sweep.pruned_at_epoch", last[0])
             trial.set_user_attr("pruned_at_epoch", last[0])
@@ -413,6 +420,26 @@ class Objective:
             raise
         close("COMPLETE")
         return result.best.val_top100_accuracy
+
+    def _keep_best(
+        self, run, config: train.TrainConfig, result: train.TrainResult, number: int
+    ) -> None:
+        """Logs the best epoch's weights (and how to rebuild their model)."""
+        folder = self.checkpoints / f"trial-{number}-best"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            result.save_best(folder / BEST_WEIGHTS_FILE)
+            info = {
+                "config": dataclasses.asdict(config),
+                "best_epoch": result.best.epoch,
+                "best_val_top100_accuracy": result.best.val_top100_accuracy,
+                "data_source": self.features.source,
+                "data_checksum": self.features.checksum,
+            }
+            (folder / BEST_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+            run.log_artifacts(folder, BEST_ARTIFACT)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _check_needed(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> None:
         """Drops a trial started when earlier ones already make up the target."""
@@ -697,6 +724,31 @@ def requeue_interrupted(
             and trial.number not in retried
         ):
             retry(study, trial)
+
+
+def open_study(stores: Stores, name: str) -> optuna.Study:
+    """An existing study, to read (export, reports); never creates a store.
+
+    Raises:
+        SweepError: The store or the study does not exist.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if stores.storage.startswith("sqlite:///"):
+        path = Path(stores.storage[len("sqlite:///") :])
+        if not path.is_file():
+            raise SweepError(
+                f"no study {name!r}: there is no Optuna storage at {path}; launch "
+                "a study first (sweep launch STUDY_FILE), or pass --storage / set "
+                "SWEEP_HOME to where it ran"
+            )
+    storage = open_storage(stores.storage)
+    names = _study_names(storage)
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise SweepError(
+            f"no study {name!r} in {stores.storage} (studies there: {known})"
+        )
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def _study_names(storage: optuna.storages.BaseStorage) -> list[str]:

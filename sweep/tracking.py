@@ -250,6 +250,12 @@ class TrialRun:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
         self.seconds += time.perf_counter() - start
 
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        """Copies a local folder's files into the run's artifacts."""
+        start = time.perf_counter()
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+        self.seconds += time.perf_counter() - start
+
     def finish(self, state: str, status: str | None = None) -> None:
         """Tags the trial state, flushes, and ends the run.
 

@@ -116,6 +116,7 @@ class TrainResult:
         best: The validation with the highest top-100 accuracy (earliest on ties).
         best_weights: The model weights at that validation.
         train_seconds: Wall time of `fit`, validations included.
+        model: The trained model (its weights those of the last epoch).
     """
 
     params: dict
@@ -124,6 +125,12 @@ class TrainResult:
     best: Validation
     best_weights: list[np.ndarray]
     train_seconds: float
+    model: RetrievalModel | None = None
+
+    def save_best(self, path: Path) -> None:
+        """Writes the best validation's weights as a Keras `.weights.h5` file."""
+        self.model.set_weights(self.best_weights)
+        self.model.save_weights(path)
 
     def summary(self) -> dict:
         """The JSON form `sweep train --json` prints."""
@@ -334,6 +341,21 @@ def build_model(config: TrainConfig, features: Features) -> RetrievalModel:
     return model
 
 
+def load_best(config: TrainConfig, features: Features, path: Path) -> RetrievalModel:
+    """A model of `config` holding the weights `TrainResult.save_best` wrote.
+
+    Raises:
+        ValueError: The file does not fit the configuration's model.
+    """
+    model = build_model(config, features)
+    x, _ = features.examples(np.arange(1))
+    model(x, training=False)  # builds every layer, so the weights can load
+    # The file holds the optimizer's state too; a built optimizer takes it.
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+    return model
+
+
 def train(
     config: TrainConfig,
     features: Features,
@@ -393,4 +415,5 @@ def train(
         best=tracker.best,
         best_weights=tracker.best_weights,
         train_seconds=seconds,
+        model=model,
     )

@@ -6,7 +6,7 @@ import mlflow
 import optuna
 import pytest
 
-from sweep.study import PARENT_RUN_ATTR, RUN_ID_ATTR
+from sweep.study import BEST_ARTIFACT, PARENT_RUN_ATTR, RUN_ID_ATTR
 from tests import synthetic
 from tests.test_cli import assert_one_line_error, run_sweep
 
@@ -94,6 +94,13 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, spec):
     assert "diverged" in failed.data.tags["sweep.fail_reason"]
     done = client.get_run(study.trials[1].user_attrs[RUN_ID_ATTR])
     assert done.info.status == "FINISHED"
+    # Only the complete trial keeps a model.
+    assert client.list_artifacts(failed.info.run_id, BEST_ARTIFACT) == []
+    kept = client.list_artifacts(done.info.run_id, BEST_ARTIFACT)
+    assert sorted(f.path.rsplit("/", 1)[1] for f in kept) == [
+        "best.json",
+        "model.weights.h5",
+    ]
 
 
 def test_launching_an_existing_study_refuses(tmp_path, spec):

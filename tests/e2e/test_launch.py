@@ -2,35 +2,20 @@
 both stores."""
 
 import json
+from pathlib import Path
 
-import mlflow
-import optuna
 import pytest
 
 from sweep.config import load_study
-from sweep.study import EXPERIMENT_ATTR, PARENT_RUN_ATTR, RUN_ID_ATTR
+from sweep.study import BEST_ARTIFACT, EXPERIMENT_ATTR, PARENT_RUN_ATTR, RUN_ID_ATTR
 from tests.conftest import REPO
-from tests.test_cli import run_sweep
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smoke(real_home, real_features, tmp_path_factory):
-    home = tmp_path_factory.mktemp("smoke-home")
-    # Share the real data's cache and wheel rather than fetching them again.
-    (home / "cache").symlink_to(real_home / "cache")
-    (home / "downloads").symlink_to(real_home / "downloads")
-    result = run_sweep(
-        "launch", str(REPO / "studies" / "smoke.toml"), "--data-source", "recbole",
-        env={"SWEEP_HOME": str(home)},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    study = optuna.load_study(
-        study_name="smoke", storage=f"sqlite:///{home / 'optuna.db'}"
-    )
-    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    return result, study, client
+def smoke(smoke):
+    return smoke[:3]
 
 
 def test_smoke_study_reaches_its_trial_count(smoke):
@@ -91,6 +76,20 @@ def test_child_runs_hold_params_and_curves(smoke):
             trial.value
         )
         assert run.data.metrics["best_epoch"] == trial.user_attrs["best_epoch"]
+
+
+def test_complete_trials_keep_their_best_weights(smoke):
+    _, study, client = smoke
+    for trial in study.trials:
+        run_id = trial.user_attrs[RUN_ID_ATTR]
+        kept = {f.path for f in client.list_artifacts(run_id, BEST_ARTIFACT)}
+        names = ("model.weights.h5", "best.json")
+        assert kept == {f"{BEST_ARTIFACT}/{name}" for name in names}
+        local = client.download_artifacts(run_id, f"{BEST_ARTIFACT}/best.json")
+        info = json.loads(Path(local).read_text())
+        assert info["best_epoch"] == trial.user_attrs["best_epoch"]
+        assert info["best_val_top100_accuracy"] == pytest.approx(trial.value)
+        assert info["config"]["depth"] == trial.params["depth"]
 
 
 def test_summary_table_and_browse_command(smoke):

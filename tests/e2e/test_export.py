@@ -1,0 +1,211 @@
+"""`sweep export` and `sweep recommend` on the smoke study of the real data."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweep.study import BEST_ARTIFACT, BEST_WEIGHTS_FILE, RUN_ID_ATTR
+from tests.test_cli import assert_one_line_error, run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_in(home, *args):
+    return run_sweep(*args, env={"SWEEP_HOME": str(home)})
+
+
+def export(home, out, *extra):
+    return sweep_in(home, "export", "smoke", "--out", str(out), "--data-source",
+                    "recbole", *extra)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def exported(smoke, tmp_path_factory):
+    """The smoke study's best trial, exported and registered."""
+    _, study, _, home = smoke
+    out = tmp_path_factory.mktemp("exports") / "best"
+    result = export(home, out)
+    assert result.returncode == 0, result.stderr
+    return out, study.best_trial, result
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if ".partial-" in p.name)
+
+
+def test_export_holds_the_best_trial_and_its_description(exported, real_features):
+    out, best, result = exported
+    assert {p.name for p in out.iterdir()} == {
+        "model.keras", "candidates.npz", "users.npz", "serving", "export.json",
+    }  # fmt: skip
+    info = json.loads((out / "export.json").read_text())
+    assert info["study"] == "smoke"
+    assert info["trial"] == best.number
+    assert info["params"] == best.params
+    assert info["best_val_top100_accuracy"] == pytest.approx(best.value)
+    assert info["best_epoch"] == best.user_attrs["best_epoch"]
+    assert abs(info["exported_val_top100_accuracy"] - best.value) <= 0.002
+    assert info["data_checksum"] == real_features.checksum
+    assert info["versions"]["keras"] and info["versions"]["mlflow"]
+    assert f"parity: exported model {best.value:.4f}" in result.stdout
+    with np.load(out / "candidates.npz") as index:
+        assert list(index["movie_id"]) == list(range(1, 1683))
+        assert index["title"][49] == real_features.movie_titles[50]
+        assert index["embedding"].shape == (1682, 32)
+    assert leftovers(out.parent) == []
+
+
+RELOAD = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import keras
+    import tensorflow as tf
+    import sweep.model  # registers the model's classes
+    folder = sys.argv[1]
+    model = keras.saving.load_model(f"{folder}/model.keras")  # safe_mode=True
+    users = np.load(f"{folder}/users.npz")
+    names = ["user_id", "user_gender", "raw_user_age",
+             "user_gender_X_raw_user_age", "user_occupation_label"]
+    features = {n: users[n] for n in names}
+    queries = np.asarray(model.query_model(features))
+    top = np.asarray(model.retrieval(queries))
+    serving = tf.saved_model.load(f"{folder}/serving")
+    served = serving.serve({n: tf.constant(v) for n, v in features.items()}).numpy()
+    candidates = np.load(f"{folder}/candidates.npz")["embedding"]
+    saved = np.asarray(model.retrieval.candidate_embeddings)[1:]
+    print(json.dumps({
+        "keras_vs_index": float(np.abs(queries - users["query_embedding"]).max()),
+        "serving_vs_keras": float(np.abs(served - queries).max()),
+        "candidates_vs_index": float(np.abs(saved - candidates).max()),
+        "candidates_nonzero": bool(np.abs(saved).sum() > 0),
+        "top_first_user": top[0][:10].tolist(),
+    }))
+""")
+
+
+def test_model_and_serving_reload_in_a_fresh_process(exported):
+    out, _, _ = exported
+    result = subprocess.run(
+        [sys.executable, "-c", RELOAD, str(out)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["keras_vs_index"] < 1e-5
+    assert report["serving_vs_keras"] < 1e-5
+    # The candidate set came back with the model (not the zero placeholder).
+    assert report["candidates_nonzero"]
+    assert report["candidates_vs_index"] == 0.0
+    # The model's own top-k agrees with the index's ranking for that user.
+    picks = run_sweep("recommend", "--model", str(out), "--user-id", "1", "--k", "10")
+    titles = [line.split(". ", 1)[1].rsplit("  (score", 1)[0]
+              for line in picks.stdout.splitlines()[1:]]  # fmt: skip
+    with np.load(out / "candidates.npz") as index:
+        expected = [str(index["title"][i - 1]) for i in report["top_first_user"]]
+    assert titles == expected
+
+
+def test_recommend_prints_k_titles_from_the_folder(exported, real_features):
+    out, _, _ = exported
+    result = run_sweep("recommend", "--model", str(out), "--user-id", "42", "--k", "7")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"top 7 movies for user 42 ({out}):"
+    assert len(lines) == 8
+    known = set(real_features.movie_titles.tolist())
+    scores = []
+    for rank, line in enumerate(lines[1:], 1):
+        head, title_score = line.split(". ", 1)
+        title, score = title_score.rsplit("  (score ", 1)
+        assert int(head) == rank and title in known
+        scores.append(float(score.rstrip(")")))
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_registry_alias_follows_the_latest_export(smoke, exported, tmp_path):
+    _, study, client, home = smoke
+    _, best, _ = exported
+    first = client.get_model_version_by_alias("smoke", "champion")
+    assert first.tags["sweep.trial"] == str(best.number)
+    other = next(t for t in study.trials if t.number != best.number)
+    result = export(home, tmp_path / "other", "--trial", str(other.number))
+    assert result.returncode == 0, result.stderr
+    second = client.get_model_version_by_alias("smoke", "champion")
+    assert int(second.version) == int(first.version) + 1
+    assert second.tags["sweep.trial"] == str(other.number)
+    assert second.tags["sweep.study"] == "smoke"
+    assert second.run_id == other.user_attrs[RUN_ID_ATTR]
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/smoke@champion")
+    frame = model.predict(pd.DataFrame({"user_id": [42, 7]}), params={"k": 5})
+    assert list(frame.columns) == ["movie_ids", "titles", "scores"]
+    assert len(frame) == 2 and all(len(ids) == 5 for ids in frame["movie_ids"])
+    # The same ranking as the exported folder of that trial.
+    folder = run_sweep("recommend", "--model", str(tmp_path / "other"),
+                       "--user-id", "42", "--k", "5")  # fmt: skip
+    titles = [line.split(". ", 1)[1].rsplit("  (score", 1)[0]
+              for line in folder.stdout.splitlines()[1:]]  # fmt: skip
+    assert list(frame["titles"][0]) == titles
+    # And from the command line, by its registry name.
+    result = sweep_in(home, "recommend", "--model", "models:/smoke@champion",
+                      "--user-id", "42", "--k", "5")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    registered = result.stdout.strip().splitlines()[1:]
+    assert registered == folder.stdout.strip().splitlines()[1:]
+
+
+def test_parity_check_fails_on_a_tampered_weight_file(smoke, exported, tmp_path):
+    _, _, client, home = smoke
+    _, best, _ = exported
+    run = client.get_run(best.user_attrs[RUN_ID_ATTR])
+    # The run's artifact store is a local folder here: tamper with the file in it.
+    stored = (
+        Path(run.info.artifact_uri.removeprefix("file://")) / BEST_ARTIFACT
+        / BEST_WEIGHTS_FILE
+    )  # fmt: skip
+    original = stored.read_bytes()
+    try:
+        with h5py.File(stored, "r+") as weights:
+            kernel = weights["layers/query_model/dense_layers/layers/dense/vars/0"]
+            kernel[...] = -kernel[...]
+        out = tmp_path / "tampered"
+        result = export(home, out, "--trial", str(best.number), "--no-register")
+    finally:
+        stored.write_bytes(original)
+    assert_one_line_error(result, "parity check failed", f"{best.value:.4f}")
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["export", "nosuch", "--out", "{tmp}/x"], "no study 'nosuch'"),
+        (["export", "smoke", "--trial", "99", "--out", "{tmp}/x"], "no trial 99"),
+        (["export", "smoke", "--out", "{tmp}/full"], "exists and is not empty"),
+        (
+            ["recommend", "--model", "{export}", "--user-id", "99999"],
+            "unknown user id 99999",
+        ),  # fmt: skip
+        (["recommend", "--model", "{tmp}", "--user-id", "1"], "not a sweep export"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(smoke, exported, tmp_path, args,
+                                                  fragment):  # fmt: skip
+    _, _, _, home = smoke
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    args = [a.format(tmp=tmp_path, export=exported[0]) for a in args]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = sweep_in(home, *args)
+    assert_one_line_error(result, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
