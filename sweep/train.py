@@ -281,11 +281,13 @@ def enable_compilation_cache(folder: Path) -> None:
 
     Trials of the same shapes, in this process or a later one, then skip
     compiling: a cold trial of the reference configuration drops from about 14 s
-    to 5.5 s on 2 cores.
+    to 5.5 s on 2 cores. A folder the user chose with JAX's own
+    `JAX_COMPILATION_CACHE_DIR` wins over `folder`.
     """
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", str(folder))
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -10,6 +10,18 @@ from tests import synthetic
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def shared_compilation_cache(tmp_path_factory):
+    """One JAX compilation cache for every sweep the tests start.
+
+    Each test has its own SWEEP_HOME (and so its own default cache); sharing
+    one through JAX's own variable lets the many small sweeps of the same
+    shapes compile once per session.
+    """
+    folder = tmp_path_factory.mktemp("jax-cache")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(folder))
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Each test gets its own SWEEP_HOME and no stray data-source settings."""

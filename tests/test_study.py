@@ -124,7 +124,7 @@ def test_bad_study_file_creates_nothing(tmp_path, spec):
 
 
 def test_same_study_file_proposes_the_same_first_trials(tmp_path, spec):
-    path = study_file(tmp_path, n_trials=3, sampler="random", rates="0.05, 0.1, 0.2")
+    path = study_file(tmp_path, n_trials=2, sampler="random", rates="0.05, 0.1, 0.2")
     params = []
     for home in (tmp_path / "a", tmp_path / "b"):
         assert launch(path, spec, home).returncode == 0
