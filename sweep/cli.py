@@ -174,12 +174,19 @@ def _run(args, session, stores, features, home) -> int:
         if args.worker_index:
             return 0
     print(study.summary_table(session.study))
+    from sweep import ui
+
     experiment = session.study.user_attrs[study.EXPERIMENT_ATTR]
+    uri = stores.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        # A tracking server serves its own UI.
+        print(f"Browse the trials: {ui.runs_url(uri.rstrip('/'), experiment)}")
+        return 0
+    default = uri == f"sqlite:///{home.resolve() / 'mlflow.db'}"
+    command = "sweep ui" + ("" if default else f" --tracking-uri {uri}")
     print(
-        "Browse the trials: mlflow ui --backend-store-uri "
-        f"{stores.tracking_uri} --workers 1, then open "
-        f"http://127.0.0.1:5000/#/experiments/{experiment}/runs"
-        "?workflowType=machine_learning"
+        f"Browse the trials: {command}, then open "
+        f"{ui.runs_url('http://127.0.0.1:5000', experiment)}"
     )
     return 0
 
@@ -240,6 +247,21 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     for rank, pick in enumerate(picks, 1):
         print(f"{rank:3d}. {pick.title}  (score {pick.score:.4f})")
     return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Starts the MLflow UI on the sweep's tracking store and prints study URLs."""
+    from sweep import data, study, ui
+
+    home = data.sweep_home()
+    stores = study.resolve_stores(home, None, args.tracking_uri)
+    return ui.serve(
+        stores.tracking_uri,
+        stores.artifact_root,
+        home / "logs" / "mlflow-ui.log",
+        args.host,
+        args.port,
+    )
 
 
 def _cpus(text: str) -> list[int]:
@@ -409,6 +431,20 @@ def build_parser() -> argparse.ArgumentParser:
         "$MLFLOW_TRACKING_URI, else sqlite:///$SWEEP_HOME/mlflow.db)",
     )
     recommend.set_defaults(run=cmd_recommend)
+
+    ui = verbs.add_parser("ui", help=cmd_ui.__doc__, description=cmd_ui.__doc__)
+    ui.add_argument("--port", type=_positive_int, default=5000)
+    ui.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the interface to listen on (default 127.0.0.1: this machine only)",
+    )
+    ui.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
+        "sqlite:///$SWEEP_HOME/mlflow.db)",
+    )
+    ui.set_defaults(run=cmd_ui)
     return parser
 
 

@@ -24,10 +24,11 @@ def shared_compilation_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
-    """Each test gets its own SWEEP_HOME and no stray data-source settings."""
+    """Each test gets its own SWEEP_HOME and no stray data or store settings."""
     home = tmp_path / "sweep-home"
     monkeypatch.setenv("SWEEP_HOME", str(home))
-    monkeypatch.delenv("SWEEP_MOVIELENS_DIR", raising=False)
+    for name in ("SWEEP_MOVIELENS_DIR", "SWEEP_STORAGE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tensorflow_datasets"))
     return home
 

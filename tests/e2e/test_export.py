@@ -129,20 +129,30 @@ def test_recommend_prints_k_titles_from_the_folder(exported, real_features):
     assert scores == sorted(scores, reverse=True)
 
 
-def test_registry_alias_follows_the_latest_export(smoke, exported, tmp_path):
+def test_registry_alias_follows_the_latest_export(smoke, exported, tmp_path,
+                                                  monkeypatch):  # fmt: skip
     _, study, client, home = smoke
     _, best, _ = exported
     first = client.get_model_version_by_alias("smoke", "champion")
     assert first.tags["sweep.trial"] == str(best.number)
     other = next(t for t in study.trials if t.number != best.number)
-    result = export(home, tmp_path / "other", "--trial", str(other.number))
+    # --force replaces a folder that holds something else.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "stale.txt").write_text("old")
+    result = export(home, tmp_path / "other", "--trial", str(other.number), "--force")
     assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "other" / "stale.txt").exists()
+    info = json.loads((tmp_path / "other" / "export.json").read_text())
+    assert info["trial"] == other.number
     second = client.get_model_version_by_alias("smoke", "champion")
     assert int(second.version) == int(first.version) + 1
     assert second.tags["sweep.trial"] == str(other.number)
     assert second.tags["sweep.study"] == "smoke"
     assert second.run_id == other.user_attrs[RUN_ID_ATTR]
 
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which every later
+    # subprocess would inherit: monkeypatch puts the variable back afterwards.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/smoke@champion")
     frame = model.predict(pd.DataFrame({"user_id": [42, 7]}), params={"k": 5})

@@ -97,4 +97,6 @@ def test_summary_table_and_browse_command(smoke):
     assert "val top-100" in result.stdout
     best = study.best_trial
     assert f"{best.value:.4f}" in result.stdout
-    assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    assert "Browse the trials: sweep ui, then open http://127.0.0.1:5000/#/" in (
+        result.stdout
+    )

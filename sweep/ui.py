@@ -1,0 +1,165 @@
+"""`sweep ui`: the MLflow UI on a sweep's tracking store, light enough for a laptop.
+
+Plain `mlflow ui` starts four server workers, a job runner and its queue
+consumers (for GenAI jobs a sweep never uses). On two cores beside a running
+sweep one server worker is plenty, and the job runner is switched off through
+MLflow's own `MLFLOW_SERVER_ENABLE_JOB_EXECUTION`. The UI reads the same SQLite
+file the workers write; in WAL mode (`sweep.study.use_wal`) reading does not
+block writing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from sweep.errors import SweepError
+from sweep.tracking import EXPERIMENT_KIND
+
+STARTUP_SECONDS = 120
+
+
+def runs_url(base_url: str, experiment_id: str) -> str:
+    """The runs table of an experiment, in the model-development view.
+
+    Without `workflowType=machine_learning` MLflow 3 may open an experiment in
+    its GenAI view (traces, "Detect issues").
+    """
+    return (
+        f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    )
+
+
+def sweep_experiments(tracking_uri: str) -> list[tuple[str, str]]:
+    """(name, id) of every study's experiment in the store, by name."""
+    from mlflow.tracking import MlflowClient
+
+    ((key, value),) = EXPERIMENT_KIND.items()
+    experiments = MlflowClient(tracking_uri).search_experiments(
+        filter_string=f"tags.`{key}` = '{value}'"
+    )
+    return sorted((e.name, e.experiment_id) for e in experiments)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fails with a clear message if `host:port` cannot be listened on.
+
+    Raises:
+        SweepError: The port is taken (or the host is not an address here).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise SweepError(
+                f"cannot listen on {host}:{port} ({e.strerror}); is another UI "
+                f"running there? Pass another --port, e.g. --port {port + 1}"
+            ) from None
+
+
+def server_command(tracking_uri: str, artifact_root: Path | None, host: str,
+                   port: int) -> list[str]:  # fmt: skip
+    """The `mlflow server` command line: one worker, this store's artifacts."""
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", tracking_uri,
+        "--registry-store-uri", tracking_uri,
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    if artifact_root is not None:
+        command += ["--artifacts-destination", str(artifact_root)]
+    return command
+
+
+def serve(
+    tracking_uri: str,
+    artifact_root: Path | None,
+    server_log: Path,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Runs the MLflow UI until Ctrl-C; prints each study's runs URL once it is up.
+
+    Args:
+        tracking_uri: The MLflow store to browse.
+        artifact_root: Where its local artifacts live (None for a server's).
+        server_log: The file the server's own log goes to.
+        host: The interface to bind (loopback unless told otherwise).
+        port: The port to listen on.
+        log: Where the URLs are printed.
+
+    Returns:
+        0 when stopped with Ctrl-C (or SIGTERM), else the server's exit code.
+
+    Raises:
+        SweepError: No tracking store there yet, or the port is taken.
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        # A tracking server already serves its own UI.
+        for name, experiment_id in sweep_experiments(tracking_uri):
+            log(f"study {name}: {runs_url(tracking_uri.rstrip('/'), experiment_id)}")
+        return 0
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///") :])
+        if not path.is_file():
+            raise SweepError(
+                f"no MLflow store at {path}: no sweep has run with this SWEEP_HOME; "
+                "launch one (sweep launch STUDY_FILE) or pass --tracking-uri"
+            )
+    check_port(host, port)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(server_log, "w") as output:
+        server = subprocess.Popen(
+            server_command(tracking_uri, artifact_root, host, port),
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://{host}:{port}"
+    try:
+        _wait_until_up(server, base, server_log)
+        experiments = sweep_experiments(tracking_uri)
+        log(f"MLflow UI at {base} (Ctrl-C stops it)")
+        for name, experiment_id in experiments:
+            log(f"study {name}: {runs_url(base, experiment_id)}")
+        if not experiments:
+            log("no study has logged to this store yet")
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def _wait_until_up(server: subprocess.Popen, base: str, server_log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            lines = server_log.read_text(errors="replace").strip().splitlines()
+            raise SweepError(
+                f"the MLflow server stopped at start (exit {server.returncode}): "
+                + (lines[-1] if lines else "no message")
+                + f"; its log is {server_log}"
+            )
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SweepError(f"the MLflow server did not answer at {base} within "
+                     f"{STARTUP_SECONDS} s")  # fmt: skip
