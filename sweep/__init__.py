@@ -12,4 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # MLflow draws a progress bar for every artifact download, a few small files here.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+# The study report draws its plots without a screen.
+os.environ.setdefault("MPLBACKEND", "Agg")
+
 __version__ = "0.1.0"

@@ -25,7 +25,7 @@ import socket
 import sqlite3
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from sweep import space, train
 from sweep.backend import keras
 from sweep.data import Features
 from sweep.errors import SweepError, TrialFailed
+from sweep.report import StudyReport
 from sweep.tracking import Tracker
 
 STUDY_FILE_ATTR = "sweep.study_file"
@@ -778,9 +779,13 @@ def run(
         parent_run_id,
         checkpoints / study.study_name,
     )
+    report = StudyReport(
+        tracker, parent_run_id, str(session.study_file.path), features.source
+    )
     status = "FAILED"
     try:
-        run_trials(study, objective, session.target, progress)
+        run_trials(study, objective, session.target, progress, [report])
+        report.refresh(study)
         status = "FINISHED"
     except KeyboardInterrupt:
         # A second Ctrl-C or SIGTERM must not cut the clean-up short.
@@ -794,7 +799,11 @@ def run(
 
 
 def run_trials(
-    study: optuna.Study, objective: Objective, target: int, progress: bool = True
+    study: optuna.Study,
+    objective: Objective,
+    target: int,
+    progress: bool = True,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
 ) -> None:
     """Runs trials, one at a time, until the study holds `target` finished trials.
 
@@ -828,7 +837,7 @@ def run_trials(
                 objective,
                 n_trials=1,
                 catch=(TrialFailed,),
-                callbacks=[bar],
+                callbacks=[bar, *callbacks],
                 gc_after_trial=True,
             )
             if bar.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:

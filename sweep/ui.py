@@ -20,19 +20,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sweep.errors import SweepError
+from sweep.report import BEST_METRIC
 from sweep.tracking import EXPERIMENT_KIND
 
 STARTUP_SECONDS = 120
 
 
 def runs_url(base_url: str, experiment_id: str) -> str:
-    """The runs table of an experiment, in the model-development view.
+    """The runs table of an experiment, best trial first, in the model view.
 
     Without `workflowType=machine_learning` MLflow 3 may open an experiment in
-    its GenAI view (traces, "Detect issues").
+    its GenAI view (traces, "Detect issues"). Sorted by the trials' best
+    accuracy, the first row answers "which configuration won".
     """
     return (
         f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"&orderByKey=metrics.%60{BEST_METRIC}%60&orderByAsc=false"
     )
 
 

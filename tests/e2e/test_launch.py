@@ -1,6 +1,7 @@
 """`sweep launch studies/smoke.toml` on the real MovieLens 100k, read back from
 both stores."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -90,6 +91,32 @@ def test_complete_trials_keep_their_best_weights(smoke):
         assert info["best_epoch"] == trial.user_attrs["best_epoch"]
         assert info["best_val_top100_accuracy"] == pytest.approx(trial.value)
         assert info["config"]["depth"] == trial.params["depth"]
+
+
+def test_study_run_holds_the_report(smoke, tmp_path):
+    _, study, client = smoke
+    parent = study.user_attrs[PARENT_RUN_ATTR]
+    names = {f.path for f in client.list_artifacts(parent, "report/optuna")}
+    for plot in ("optimization_history", "param_importances", "parallel_coordinate",
+                 "intermediate_values"):  # fmt: skip
+        assert {f"report/optuna/{plot}.html", f"report/optuna/{plot}.png"} <= names
+    png = client.download_artifacts(parent, "report/top100_accuracy_vs_epoch.png",
+                                    str(tmp_path))  # fmt: skip
+    assert Path(png).read_bytes()[:4] == b"\x89PNG"
+    table = Path(client.download_artifacts(parent, "trials.csv", str(tmp_path)))
+    rows = list(csv.DictReader(table.open()))
+    assert [int(r["number"]) for r in rows] == [t.number for t in study.trials]
+    assert [float(r["value"]) for r in rows] == pytest.approx(
+        [t.value for t in study.trials]
+    )
+    run = client.get_run(parent)
+    assert run.data.metrics["best_val_top100_accuracy"] == pytest.approx(
+        study.best_value
+    )
+    description = run.data.tags["mlflow.note.content"]
+    assert f"trial {study.best_trial.number}" in description
+    assert f"{study.best_value:.4f}" in description
+    assert "sweep export smoke --out" in description
 
 
 def test_summary_table_and_browse_command(smoke):

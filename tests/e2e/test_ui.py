@@ -8,9 +8,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.test_cli import assert_one_line_error, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -72,8 +74,12 @@ def test_ui_serves_the_study_with_one_light_server(ui):
     proc, port, lines, study = ui
     experiment = study.user_attrs["mlflow_experiment_id"]
     base = f"http://127.0.0.1:{port}"
-    assert f"study smoke: {base}/#/experiments/{experiment}/runs" \
-        "?workflowType=machine_learning" in lines  # fmt: skip
+    expected = (
+        f"study smoke: {base}/#/experiments/{experiment}/runs?workflowType="
+        "machine_learning&orderByKey=metrics.%60best_val_top100_accuracy%60"
+        "&orderByAsc=false"
+    )
+    assert expected in lines
     with urllib.request.urlopen(base, timeout=10) as page:
         assert page.status == 200 and b"<html" in page.read().lower()
     runs = post_json(
@@ -105,3 +111,88 @@ def test_port_in_use_is_one_line(smoke):
 def test_ui_without_a_store_is_one_line(tmp_path):
     result = run_sweep("ui", env={"SWEEP_HOME": str(tmp_path / "empty")})
     assert_one_line_error(result, "no MLflow store")
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENSHOTS = Path(os.environ.get("SWEEP_TEST_SCREENSHOTS",
+                                  REPO / "test-output" / "screenshots"))  # fmt: skip
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian Chromium driven by Selenium (scripts/test.sh installs it)."""
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip("Debian's chromium and chromium-driver are not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1600,1000"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, what, check, name, timeout=60):
+    """Polls `check(driver)` until truthy; saves a screenshot either way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check(driver)
+        except Exception:  # elements re-render while the page loads
+            result = None
+        if result or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    assert result, f"the MLflow UI did not show {what} (see {SCREENSHOTS / name}.png)"
+    return result
+
+
+def test_browser_sees_trials_curves_and_report(ui, browser):
+    from selenium.webdriver.common.by import By
+
+    _, port, lines, study = ui
+    url = next(line for line in lines if line.startswith("study smoke:")).split()[-1]
+    trials = sorted(study.trials, key=lambda t: -t.value)
+
+    # The runs table, sorted by best accuracy: every trial, the best first.
+    def trial_rows(driver):
+        pinned = ".ag-pinned-left-cols-container .ag-row"
+        rows = driver.find_elements(By.CSS_SELECTOR, pinned)
+        names = [n for r in rows for n in r.text.split("\n") if n.startswith("trial-")]
+        return names if len(names) == len(trials) else None
+
+    browser.get(url)
+    names = wait_for(browser, "every trial run", trial_rows, "1-runs-by-accuracy")
+    assert names == [f"trial-{t.number}" for t in trials]
+
+    # The best trial's charts: val_top100_accuracy with a point per validation.
+    experiment = study.user_attrs["mlflow_experiment_id"]
+    best = trials[0]
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs"
+    browser.get(f"{base}/{best.user_attrs['mlflow_run_id']}/model-metrics")
+
+    def accuracy_points(driver):
+        title = "//*[text()='val_top100_accuracy']/../../.."
+        for card in driver.find_elements(By.XPATH, title):
+            points = card.find_elements(By.CSS_SELECTOR, ".scatterlayer .point")
+            if points:
+                return len(points)
+        return None
+
+    points = wait_for(browser, "the val_top100_accuracy chart", accuracy_points,
+                      "2-trial-metrics")  # fmt: skip
+    assert points == len(best.intermediate_values)
+    for metric in ("loss", "val_loss"):
+        assert f">{metric}<" in browser.page_source
+
+    # The study's run: its report artifacts.
+    browser.get(f"{base}/{study.user_attrs['mlflow_parent_run_id']}/artifacts")
+    wait_for(browser, "the report artifacts",
+             lambda d: "trials.csv" in d.page_source and ">report<" in d.page_source,
+             "3-study-report")  # fmt: skip
