@@ -1,8 +1,10 @@
 """One configuration of the retrieval model, trained and validated.
 
 Training is Keras `fit` on in-memory arrays (the features are precomputed, see
-`sweep.data`); validation is the model's `evaluate` every `validation_freq`
-epochs and at the last epoch, over all 20,000 validation ratings in one batch.
+`sweep.data`), one whole epoch per `fit` batch that the model cuts into steps of
+`batch_size` ratings inside one compiled call; validation is the model's
+`evaluate` every `validation_freq` epochs and at the last epoch, over all 20,000
+validation ratings in one batch, retrieving once per user.
 Callbacks report each validation (for printing, pruning and tracking), keep the
 best validation's weights, and fail the trial if the loss diverges.
 """
@@ -339,6 +341,8 @@ def build_model(config: TrainConfig, features: Features) -> RetrievalModel:
         embedding_dim=config.embedding_dim,
         candidates=features.movies,
     )
+    model.set_users(features.users)
+    model.set_step_size(config.batch_size)
     model.compile(optimizer=keras.optimizers.Adagrad(config.learning_rate))
     return model
 
@@ -398,7 +402,9 @@ def train(
     model.fit(
         x_train,
         y_train,
-        batch_size=config.batch_size,
+        # One batch per epoch, reshuffled each epoch; the model cuts it into
+        # steps of `config.batch_size` (see `RetrievalModel.set_step_size`).
+        batch_size=len(y_train),
         epochs=config.epochs,
         initial_epoch=resume_from.epoch if resume_from else 0,
         shuffle=True,

@@ -128,3 +128,64 @@ def test_candidates_must_cover_every_movie(model):
     candidates = {k: v[:-1] for k, v in candidates.items()}
     with pytest.raises(ValueError, match="expected 7"):
         model.set_candidates(candidates)
+
+
+def _users(rng):
+    n = VOCAB.users + 1
+    return {
+        "user_id": np.arange(n, dtype=np.int32),
+        "user_gender": rng.integers(0, 2, n),
+        "raw_user_age": rng.integers(0, 10, n),
+        "user_gender_X_raw_user_age": rng.integers(0, 20, n),
+        "user_occupation_label": rng.integers(0, 3, n),
+    }
+
+
+def _ratings_of(users, rng, n):
+    """Ratings whose user features are their user's row, as in MovieLens."""
+    x = _batch(rng, n)
+    x.update({name: column[x["user_id"]] for name, column in users.items()})
+    return x, rng.choice([0.0, 0.5, 1.0], n).astype(np.float32)
+
+
+def test_ranking_once_per_user_evaluates_the_same(model):
+    rng = np.random.default_rng(6)
+    users = _users(rng)
+    x, y = _ratings_of(users, rng, 40)
+    model.compile(optimizer="adagrad")
+    per_row = model.evaluate(x, y, batch_size=40, return_dict=True, verbose=0)
+    model.set_users(users)
+    per_user = model.evaluate(x, y, batch_size=40, return_dict=True, verbose=0)
+    assert per_user == pytest.approx(per_row)
+    assert 0 < per_row["top100_accuracy"] < 1  # the check means something
+
+
+def test_users_must_cover_every_user(model):
+    users = {k: v[:-1] for k, v in _users(np.random.default_rng(7)).items()}
+    with pytest.raises(ValueError, match="expected 6"):
+        model.set_users(users)
+
+
+@pytest.mark.parametrize("rows", [24, 26])  # whole steps, and a shorter last step
+def test_steps_in_one_batch_train_as_keras_batches(rows):
+    rng = np.random.default_rng(8)
+    candidates = _candidates(rng)
+    x, y = _ratings_of(_users(rng), rng, rows)
+
+    def trained(step_size):
+        keras.utils.set_random_seed(1)
+        m = RetrievalModel(VOCAB, layer_sizes=(8, 4), embedding_dim=6, retrieval_k=3)
+        m.set_candidates(candidates)
+        m.compile(optimizer=keras.optimizers.Adagrad(0.5))
+        if step_size:
+            m.set_step_size(step_size)
+            m.fit(x, y, batch_size=rows, epochs=2, shuffle=False, verbose=0)
+        else:
+            m.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        return m.get_weights(), m.optimizer.iterations.numpy()
+
+    keras_weights, keras_steps = trained(None)
+    scan_weights, scan_steps = trained(8)
+    assert scan_steps == keras_steps == 2 * -(-rows // 8)
+    for a, b in zip(keras_weights, scan_weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

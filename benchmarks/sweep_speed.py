@@ -1,0 +1,153 @@
+"""Benchmark 3: sweep speed on the default study, pruner on and off, 1 and 2 workers.
+
+    .venv/bin/python -m benchmarks.sweep_speed [--minutes 30] [--runs on:1,off:2]
+
+Each run launches `studies/deep_retrieval.toml` (its baselines first, then TPE)
+with a fresh study in its own `SWEEP_HOME` (sharing the data and compilation
+caches), with the median pruner on or off and 1 or 2 workers, lets it run for
+`--minutes`, stops it with Ctrl-C (SIGINT), and reads the study back from its
+Optuna storage: the best-so-far val top-100 accuracy against wall time since the
+launch, the time until a trial first beats 0.33, and the best reached at 5, 10,
+20 and 30 minutes, beside KerasTuner Hyperband's figures from issue 7 (0.352,
+0.364, 0.3655, 0.3716). Results go to `benchmarks/results/sweep_speed.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).parent.parent
+THRESHOLD = 0.33
+MARKS = (5, 10, 20, 30)
+KERAS_TUNER = {5: 0.352, 10: 0.364, 20: 0.3655, 30: 0.3716}
+
+
+def _run(pruner: str, workers: int, minutes: float, data_home: Path) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix=f"sweep-speed-{pruner}-{workers}-"))
+    home = folder / "home"
+    home.mkdir()
+    for sub in ("cache", "downloads", "jax-cache"):
+        if (data_home / sub).exists():
+            (home / sub).symlink_to(data_home / sub)
+    text = (REPO / "studies" / "deep_retrieval.toml").read_text()
+    text = text.replace("n_trials = 40", "n_trials = 10000")
+    if pruner == "off":
+        text = text.replace('pruner = "median"', 'pruner = "none"')
+    study_file = folder / "deep_retrieval.toml"
+    study_file.write_text(text)
+    env = {**os.environ, "SWEEP_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    sweep = REPO / ".venv" / "bin" / "sweep"
+    start = time.time()
+    with open(folder / "launch.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(sweep), "launch", str(study_file), "--workers", str(workers)]
+            + ["--data-source", "recbole"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            proc.wait(timeout=minutes * 60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+    study = optuna.load_study(
+        study_name="deep-retrieval", storage=f"sqlite:///{home / 'optuna.db'}"
+    )
+    curve, best = [], None
+    finished = sorted(
+        (t for t in study.trials if t.datetime_complete and t.value is not None),
+        key=lambda t: t.datetime_complete,
+    )
+    for t in finished:
+        if best is None or t.value > best:
+            best = t.value
+            curve.append((t.datetime_complete.timestamp() - start, best))
+    beats = next((s for s, v in curve if v > THRESHOLD), None)
+    at = {
+        m: max((v for s, v in curve if s <= m * 60), default=None)
+        for m in MARKS
+        if m <= minutes
+    }
+    states = {}
+    for t in study.trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    return {
+        "pruner": pruner,
+        "workers": workers,
+        "minutes": minutes,
+        "trials": states,
+        "seconds_to_beat_0.33": beats,
+        "best_at_minutes": at,
+        "best": best,
+        "curve": curve,
+    }
+
+
+def _fmt(value, digits=4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    """Runs the sweeps one after the other and writes the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--runs", default="on:1,off:1,on:2,off:2")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data_home = Path(
+        os.environ.get("SWEEP_BENCH_DATA_HOME", str(REPO / ".sweep-bench"))
+    )
+    runs = []
+    for spec in args.runs.split(","):
+        pruner, workers = spec.split(":")
+        print(f"pruner {pruner}, {workers} worker(s), {args.minutes} min", flush=True)
+        result = _run(pruner, int(workers), args.minutes, data_home)
+        print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+        runs.append(result)
+    marks = [m for m in MARKS if m <= args.minutes]
+    head = (
+        "| pruner | workers | trials (complete/pruned/failed) | to beat 0.33 (s) | "
+        + " | ".join(f"best at {m} min" for m in marks)
+        + " |\n|"
+        + "---|" * (4 + len(marks))
+        + "\n"
+    )
+    rows = "".join(
+        f"| {r['pruner']} | {r['workers']} | {r['trials'].get('COMPLETE', 0)}/"
+        f"{r['trials'].get('PRUNED', 0)}/{r['trials'].get('FAIL', 0)} "
+        f"| {_fmt(r['seconds_to_beat_0.33'], 0)} | "
+        + " | ".join(_fmt(r["best_at_minutes"].get(m)) for m in marks)
+        + " |\n"
+        for r in runs
+    )
+    tuner = (
+        "| KerasTuner Hyperband (issue 7) | 1 | 179 in 30 min | - | "
+        + " | ".join(_fmt(KERAS_TUNER[m]) for m in marks)
+        + " |\n"
+    )
+    text = (
+        f"Sweep speed, studies/deep_retrieval.toml, {args.minutes} min per run:\n\n"
+        + head
+        + rows
+        + tuner
+    )
+    print("\n" + text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sweep_speed.md").write_text(text)
+    (RESULTS / "sweep_speed.json").write_text(json.dumps(runs, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Benchmark 1: trial speed, the reference pipeline against the project's trainer.
+
+    .venv/bin/python -m benchmarks.trial_speed [--epochs 30] [--trials 4]
+
+Runs, one after the other in fresh processes on the same machine:
+
+- reference: the reference pipeline re-created as its code does it
+  (`benchmarks.reference_pipeline`): a fresh process prepares the data and
+  trains the reference configuration (cold), then trains it again on the same,
+  now cached, datasets (warm: what KerasTuner or a hand-written Optuna loop
+  gets).
+- sweep, compilation cache empty: a fresh process loads the data cache and
+  trains the reference configuration as a worker does (`train.train` after
+  `keras.backend.clear_session()`), `--trials` times.
+- sweep, compilation cache warm: the same again, in a new process, with JAX's
+  persistent compilation cache left by the previous run (a worker's usual
+  start).
+
+For each: the process's wall time to the end of its first trial (cold), each
+later trial's wall time (steady state: their mean), seconds per epoch of
+training, per gradient step and per validation (medians), the time from process
+start to the first training step, and the final val top-100 accuracy. The
+targets of issue 7 are checked and the table is written to
+`benchmarks/results/trial_speed.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).parent.parent
+STEPS_PER_EPOCH = 80  # 80,000 training ratings in steps of 1,000
+
+
+def _child(kind: str, trials: int, epochs: int) -> None:
+    """Runs in the measured process; prints one JSON line per trial."""
+    started = float(os.environ["BENCH_STARTED"])
+    from benchmarks.timing import FitTiming
+    from sweep import data, train
+    from sweep.backend import keras
+
+    if kind == "reference":
+        from benchmarks import reference_pipeline
+        from sweep import movielens
+
+        home = data.sweep_home()
+        source = movielens.resolve_source("recbole", home / "downloads")
+        ratings, movies = reference_pipeline.datasets(source.read())
+        pipeline = reference_pipeline.Pipeline(ratings, movies)
+        prep = time.time() - started
+    else:
+        features = data.load("recbole", log=lambda line: None)
+        train.enable_compilation_cache(data.sweep_home() / "jax-cache")
+        prep = time.time() - started
+    config = train.TrainConfig(epochs=epochs)
+    for trial in range(trials):
+        begin = time.perf_counter()
+        if kind == "reference":
+            timing = FitTiming(STEPS_PER_EPOCH, STEPS_PER_EPOCH, started)
+            model = pipeline.model()
+            model.compile(optimizer=keras.optimizers.Adagrad(config.learning_rate))
+            history = model.fit(
+                pipeline.train,
+                validation_data=pipeline.test,
+                validation_freq=config.validation_freq,
+                epochs=config.epochs,
+                callbacks=[timing],
+                verbose=0,
+            )
+            accuracy = history.history["val_sparse_top_k_categorical_accuracy"][-1]
+        else:
+            timing = FitTiming(1, STEPS_PER_EPOCH, started)
+            keras.backend.clear_session()
+            result = train.train(config, features, callbacks=[timing])
+            accuracy = result.validations[-1].val_top100_accuracy
+        seconds = time.perf_counter() - begin
+        line = {
+            "trial": trial + 1,
+            "trial_seconds": seconds,
+            "process_seconds": time.time() - started,
+            "prep_seconds": prep,
+            "final_val_top100_accuracy": accuracy,
+            **timing.summary(),
+        }
+        print("BENCH " + json.dumps(line), flush=True)
+
+
+def _run(kind: str, trials: int, epochs: int, env: dict) -> list[dict]:
+    env = {**env, "BENCH_STARTED": repr(time.time())}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.trial_speed", "--child", kind]
+        + ["--trials", str(trials), "--epochs", str(epochs)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        sys.exit(f"{kind} run failed:\n{proc.stderr[-3000:]}")
+    lines = [
+        json.loads(line[6:])
+        for line in proc.stdout.splitlines()
+        if line.startswith("BENCH ")
+    ]
+    for line in lines:
+        print(
+            f"  {kind} trial {line['trial']}: {line['trial_seconds']:.2f} s", flush=True
+        )
+    return lines
+
+
+def _summary(name: str, lines: list[dict]) -> dict:
+    first, later = lines[0], lines[1:]
+    steady = later[-1] if later else first
+    return {
+        "name": name,
+        "cold_process_seconds": first["process_seconds"],
+        "prep_seconds": first["prep_seconds"],
+        "first_step_after_start_seconds": first["first_step_after_start_seconds"],
+        "steady_trial_seconds": (
+            sum(line["trial_seconds"] for line in later) / len(later) if later else None
+        ),
+        "epoch_seconds": steady["epoch_seconds"],
+        "step_ms": steady["step_ms"],
+        "validation_seconds": steady["validation_seconds"],
+        "final_val_top100_accuracy": first["final_val_top100_accuracy"],
+    }
+
+
+def _fmt(value, digits=2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _table(rows: list[dict]) -> str:
+    head = (
+        "| pipeline | cold process to end of trial 1 (s) | start to first step (s) "
+        "| steady trial (s) | epoch (s) | step (ms) | validation (s) "
+        "| final val top-100 |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    return head + "".join(
+        f"| {r['name']} | {_fmt(r['cold_process_seconds'], 1)} "
+        f"| {_fmt(r['first_step_after_start_seconds'])} "
+        f"| {_fmt(r['steady_trial_seconds'])} | {_fmt(r['epoch_seconds'], 3)} "
+        f"| {_fmt(r['step_ms'])} | {_fmt(r['validation_seconds'], 3)} "
+        f"| {_fmt(r['final_val_top100_accuracy'], 4)} |\n"
+        for r in rows
+    )
+
+
+def _targets(reference: dict, cold: dict, warm: dict) -> list[tuple[str, bool, str]]:
+    checks = []
+    ratio = reference["cold_process_seconds"] / warm["cold_process_seconds"]
+    gap = abs(
+        reference["final_val_top100_accuracy"] - warm["final_val_top100_accuracy"]
+    )
+    checks.append(
+        (
+            "cold trial >= 5x faster than the reference's whole process, accuracy "
+            "within 0.01",
+            ratio >= 5 and gap <= 0.01,
+            f"{ratio:.1f}x, accuracy gap {gap:.4f}",
+        )
+    )
+    steady = reference["steady_trial_seconds"] / warm["steady_trial_seconds"]
+    checks.append(
+        (
+            "steady trial >= 2x faster than the reference kept warm",
+            steady >= 2,
+            f"{steady:.1f}x ({warm['steady_trial_seconds']:.2f} s vs "
+            f"{reference['steady_trial_seconds']:.2f} s)",
+        )
+    )
+    checks.append(
+        (
+            "training step <= 1.5 x 1.1 ms",
+            warm["step_ms"] <= 1.65,
+            f"{warm['step_ms']:.2f} ms",
+        )
+    )
+    checks.append(
+        (
+            "validation <= 0.2 s warm",
+            warm["validation_seconds"] <= 0.2,
+            f"{warm['validation_seconds']:.3f} s",
+        )
+    )
+    checks.append(
+        (
+            "process start to first step <= 3 s warm",
+            warm["first_step_after_start_seconds"] <= 3,
+            f"{warm['first_step_after_start_seconds']:.2f} s",
+        )
+    )
+    return checks
+
+
+def main() -> None:
+    """Runs the three measurements and writes the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--child", choices=("reference", "sweep"))
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, args.trials, args.epochs)
+        return
+    env = dict(os.environ)
+    home = Path(env.setdefault("SWEEP_HOME", str(REPO / ".sweep-bench")))
+    with tempfile.TemporaryDirectory() as cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
+        print("preparing the data cache", flush=True)
+        subprocess.run(
+            [sys.executable, "-c", "from sweep import data; data.load('recbole')"],
+            cwd=REPO,
+            env=env,
+            check=True,
+        )
+        print("reference pipeline (cold, then warm)", flush=True)
+        reference = _run("reference", 2, args.epochs, env)
+        print("sweep, compilation cache empty", flush=True)
+        cold = _run("sweep", args.trials, args.epochs, env)
+        print("sweep, compilation cache warm", flush=True)
+        warm = _run("sweep", args.trials, args.epochs, env)
+    rows = [
+        _summary("reference pipeline (tf.data + FeatureSpace map)", reference),
+        _summary("sweep, compilation cache empty", cold),
+        _summary("sweep, compilation cache warm", warm),
+    ]
+    checks = _targets(rows[0], rows[1], rows[2])
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    text = (
+        f"Trial speed, reference configuration, {args.epochs} epochs, on {machine} "
+        f"(home {home}):\n\n{_table(rows)}\n"
+        + "".join(
+            f"- [{'x' if ok else ' '}] {what}: {got}\n" for what, ok, got in checks
+        )
+    )
+    print("\n" + text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "trial_speed.md").write_text(text)
+    (RESULTS / "trial_speed.json").write_text(
+        json.dumps(
+            {
+                "epochs": args.epochs,
+                "machine": machine,
+                "rows": rows,
+                "runs": {"reference": reference, "cold": cold, "warm": warm},
+                "targets": [
+                    {"target": what, "met": ok, "measured": got}
+                    for what, ok, got in checks
+                ],
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
