@@ -65,6 +65,34 @@ def _dense_stack(sizes) -> keras.Sequential:
     return stack
 
 
+def _check_table(
+    table: dict[str, np.ndarray],
+    what: str,
+    features: tuple[str, ...],
+    id_feature: str,
+    ids: int,
+) -> dict[str, np.ndarray]:
+    """Returns `features` of a per-id table after checking it has one row per id.
+
+    Args:
+        table: Feature name to column.
+        what: The table's name in error messages ("users", "candidates").
+        features: The features the table must hold.
+        id_feature: The feature holding the ids.
+        ids: The largest id (row 0, the unused id, is part of the table).
+    """
+    missing = [name for name in features if name not in table]
+    if missing:
+        raise ValueError(f"{what} lack the features {missing}")
+    rows = len(table[id_feature])
+    if rows != ids + 1:
+        raise ValueError(
+            f"{what} hold {rows} rows, expected {ids + 1} "
+            f"(one per {id_feature.replace('_', ' ')}, 0 included)"
+        )
+    return {name: table[name] for name in features}
+
+
 def _mean_pooled_embedding(count: int, dim: int) -> keras.Sequential:
     # Index 0 pads (mask_zero), so the mean is over the real tokens only.
     return keras.Sequential(
@@ -278,16 +306,10 @@ class RetrievalModel(keras.Model):
                 included), or None to rank once per input row again.
         """
         if users is not None:
-            missing = [name for name in QUERY_FEATURES if name not in users]
-            if missing:
-                raise ValueError(f"users lack the features {missing}")
-            rows = len(users["user_id"])
-            if rows != self.vocabulary.users + 1:
-                raise ValueError(
-                    f"users hold {rows} rows, expected {self.vocabulary.users + 1} "
-                    "(one per user id, 0 included)"
-                )
-            users = {name: np.asarray(users[name]) for name in QUERY_FEATURES}
+            users = _check_table(
+                users, "users", QUERY_FEATURES, "user_id", self.vocabulary.users
+            )
+            users = {name: np.asarray(column) for name, column in users.items()}
         self.users = users
         # Compiled evaluation functions hold the old table as a constant.
         self.test_function = None
@@ -336,16 +358,13 @@ class RetrievalModel(keras.Model):
             candidates: `movie_id`, `movie_title_vector`, `movie_genres`, one row
                 per movie id (row 0, the unused id, included).
         """
-        missing = [name for name in CANDIDATE_FEATURES if name not in candidates]
-        if missing:
-            raise ValueError(f"candidates lack the features {missing}")
-        rows = len(candidates["movie_id"])
-        if rows != self.vocabulary.movies + 1:
-            raise ValueError(
-                f"candidates hold {rows} rows, expected {self.vocabulary.movies + 1} "
-                "(one per movie id, 0 included)"
-            )
-        self.candidates = {name: candidates[name] for name in CANDIDATE_FEATURES}
+        self.candidates = _check_table(
+            candidates,
+            "candidates",
+            CANDIDATE_FEATURES,
+            "movie_id",
+            self.vocabulary.movies,
+        )
         self.update_candidates()
 
     def update_candidates(self) -> None:
