@@ -122,10 +122,15 @@ def main() -> None:
     data_home = os.environ.get("SWEEP_BENCH_DATA_HOME", str(REPO / ".sweep-bench"))
     # The data cache and the recbole wheel are reused from the trial benchmark.
     (folder / "home").mkdir()
-    for sub in ("cache", "downloads", "jax-cache"):
+    for sub in ("cache", "downloads"):
         source = Path(data_home) / sub
         if source.exists():
             (folder / "home" / sub).symlink_to(source)
+    # So is its compilation cache, named directly: JAX cannot use one through a
+    # symlink (it fails to create the folder that is already there).
+    os.environ.setdefault(
+        "JAX_COMPILATION_CACHE_DIR", str((Path(data_home) / "jax-cache").resolve())
+    )
 
     import optuna
     from mlflow.tracking import MlflowClient

@@ -9,6 +9,10 @@ import os
 os.environ["KERAS_BACKEND"] = "jax"
 # TensorFlow (data cache builds, serving export) logs C++ INFO lines otherwise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow 2.21 announces its oneDNN kernels on stderr at import whatever the
+# log level. Its work here (lookups, hashing, bucketing, a SavedModel) gains
+# nothing from them.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # MLflow draws a progress bar for every artifact download, a few small files here.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 

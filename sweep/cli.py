@@ -127,7 +127,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     study_file = config.load_study(args.study_file) if args.study_file else None
     home = data.sweep_home()
     stores = study.resolve_stores(home, args.storage, args.tracking_uri)
-    features = data.load(args.data_source, home=home, log=print)
+    # The study first: an unknown name is told at once, before any data build.
     session = study.resume(
         args.name,
         stores,
@@ -136,6 +136,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         args.max_retries,
         args.worker_index,
     )
+    features = data.load(args.data_source, home=home, log=print)
     done = study.finished_count(session.study)
     print(
         f"study {args.name!r}: {done} of {session.target} trials finished"

@@ -14,8 +14,10 @@ and at the end of a sweep, so the parent run always shows the study so far:
                                           export it
 
 The tables and the metric are cheap and refreshed after every trial; the plots
-cost about a second or more each, so between trials they are redrawn at most
-every `PLOT_INTERVAL_SECONDS` (always at the end of a sweep).
+cost a second or more per drawing (more as the study grows), so between trials
+they are redrawn at most every `PLOT_INTERVAL_SECONDS`, and less often when the
+last drawing took long enough that drawing that often would cost the worker more
+than `PLOT_BUDGET` of its time (always at the end of a sweep).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.tracking import Tracker
 
 PLOT_INTERVAL_SECONDS = 60.0
+# The largest share of a worker's wall time the plots between trials may take.
+PLOT_BUDGET = 0.02
 BEST_METRIC = "best_val_top100_accuracy"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 BEST_TRIALS_PLOTTED = 5
@@ -67,10 +71,15 @@ class StudyReport:
         self.data_source = data_source
         # The first plots come after the first interval (or at the end).
         self._plotted_at = time.monotonic()
+        self._plot_seconds = 0.0  # what the last drawing (and its upload) took
+
+    def plot_interval(self) -> float:
+        """Seconds to wait between drawings, so they keep within `PLOT_BUDGET`."""
+        return max(PLOT_INTERVAL_SECONDS, self._plot_seconds / PLOT_BUDGET)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Refreshes after a trial; plots only if the last ones are old enough."""
-        due = time.monotonic() - self._plotted_at >= PLOT_INTERVAL_SECONDS
+        due = time.monotonic() - self._plotted_at >= self.plot_interval()
         try:
             self.refresh(study, plots=due)
         except Exception as e:  # a report must never stop the sweep
@@ -85,10 +94,12 @@ class StudyReport:
             study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
             client.log_artifact(self.parent_run_id, str(folder / "trials.csv"))
             if plots:
+                start = time.monotonic()
                 figures = folder / "report"
                 write_plots(study, trials, figures)
                 client.log_artifacts(self.parent_run_id, str(figures), "report")
                 self._plotted_at = time.monotonic()
+                self._plot_seconds = self._plotted_at - start
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         tags = [RunTag(DESCRIPTION_TAG, self.describe(study, trials))]

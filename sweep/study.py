@@ -361,7 +361,7 @@ class Objective:
             if not best or v.val_top100_accuracy > best[0].val_top100_accuracy:
                 best[:] = [v]
             last[:] = [v.epoch]
-            run.flush()
+            run.flush(wait=False)
             trial.report(v.val_top100_accuracy, v.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {v.epoch}")

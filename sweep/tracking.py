@@ -5,6 +5,11 @@ fluent (process-global) API; a sweep needs per-epoch curves while the trial runs
 and nested runs that several workers write at once, so this uses `MlflowClient`
 directly. Metrics are buffered and sent with `log_batch` (one call per
 validation and one at the end), and the time spent in MLflow is measured.
+
+A validation's batch goes through MLflow's asynchronous logging, so training
+does not wait for the store's write; a trial's run is only ended once every
+batch it sent has been written (MLflow drains its queue when a run ends), and
+a batch whose write failed is sent again synchronously.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 # MLflow's SQLite store runs alembic migrations on first use and logs each one.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+# MLflow's async logging thread otherwise blocks up to 1 s in a queue read, and
+# ending a run joins that thread. With buffering it waits on the stop event
+# instead, which ending a run sets: the run ends at once, its batches drained.
+os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
 
 
 _flushes = 0
@@ -223,6 +233,8 @@ class TrialRun:
         self.params: list[Param] = []
         self._metrics: list[Metric] = []
         self._tags: list[RunTag] = []
+        # Batches sent asynchronously and their MLflow RunOperations.
+        self._pending: list[tuple[dict, object]] = []
 
     def log_metric(self, key: str, value: float, step: int) -> None:
         """Buffers one metric point (sent at the next `flush`)."""
@@ -232,16 +244,39 @@ class TrialRun:
         """Buffers one tag."""
         self._tags.append(RunTag(key, str(value)))
 
-    def flush(self) -> None:
-        """Sends what is buffered in one `log_batch` call."""
+    def flush(self, wait: bool = True) -> None:
+        """Sends what is buffered in one `log_batch` call.
+
+        Args:
+            wait: Whether to wait for the write; if not, MLflow writes it in its
+                async logging thread and `finish` checks it was written.
+        """
         if not (self._metrics or self._tags or self.params):
             return
         _fault_point()
         start = time.perf_counter()
-        self.client.log_batch(
-            self.run_id, metrics=self._metrics, params=self.params, tags=self._tags
-        )
+        batch = {"metrics": self._metrics, "params": self.params, "tags": self._tags}
         self._metrics, self._tags, self.params = [], [], []
+        if wait:
+            self.client.log_batch(self.run_id, **batch)
+        else:
+            operations = self.client.log_batch(self.run_id, **batch, synchronous=False)
+            self._pending.append((batch, operations))
+        self.seconds += time.perf_counter() - start
+
+    def _check_pending(self) -> None:
+        """Waits for the batches sent asynchronously; resends any that failed.
+
+        A batch fails as a whole (e.g. another worker held a SQLite store's lock
+        longer than MLflow waits), so sending it again cannot write it twice.
+        """
+        start = time.perf_counter()
+        pending, self._pending = self._pending, []
+        for batch, operations in pending:
+            try:
+                operations.wait()
+            except MlflowException:
+                self.client.log_batch(self.run_id, **batch)
         self.seconds += time.perf_counter() - start
 
     def log_artifact(self, path: Path, artifact_path: str) -> None:
@@ -268,5 +303,7 @@ class TrialRun:
         self.set_tag(STATE_TAG, state)
         self.flush()
         start = time.perf_counter()
+        # Ending a run first drains MLflow's async queue (all our batches).
         self.client.set_terminated(self.run_id, status or RUN_STATUS[state])
         self.seconds += time.perf_counter() - start
+        self._check_pending()

@@ -1,8 +1,11 @@
 import sqlite3
 
 import pytest
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 
-from sweep.tracking import RetryingClient
+from sweep.report import PLOT_BUDGET, PLOT_INTERVAL_SECONDS, StudyReport
+from sweep.tracking import STATE_TAG, RetryingClient, Tracker
 
 
 class Flaky:
@@ -44,3 +47,45 @@ def test_other_errors_are_not_retried():
     with pytest.raises(sqlite3.OperationalError):
         RetryingClient(flaky).log_batch("r1")
     assert flaky.calls == 1
+
+
+def _trial_run(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
+    experiment = tracker.experiment("s")
+    parent = tracker.start_study_run(experiment, "s", {})
+    run = tracker.start_trial(experiment, parent, "s", 0, {"depth": 1})
+    return tracker, run
+
+
+def test_asynchronous_batches_are_all_written_before_the_run_ends(tmp_path):
+    tracker, run = _trial_run(tmp_path)
+    for epoch in range(1, 6):
+        run.log_metric("val_loss", 1.0 / epoch, epoch)
+        run.flush(wait=False)
+    run.finish("COMPLETE")
+    client = tracker.client
+    history = client.get_metric_history(run.run_id, "val_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+    info = client.get_run(run.run_id)
+    assert info.info.status == "FINISHED"
+    assert info.data.tags[STATE_TAG] == "COMPLETE"
+    assert info.data.params == {"depth": "1"}
+
+
+def test_a_failed_asynchronous_batch_is_not_lost_silently(tmp_path):
+    tracker, run = _trial_run(tmp_path)
+    # MLflow refuses to change a logged param: the whole batch fails, in
+    # MLflow's logging thread, and again when finish sends it once more.
+    run.params = [Param("depth", "2")]
+    run.log_metric("val_loss", 0.5, 1)
+    run.flush(wait=False)
+    with pytest.raises(MlflowException, match="depth"):
+        run.finish("COMPLETE")
+
+
+def test_plots_are_drawn_less_often_when_drawing_is_slow():
+    report = StudyReport(None, "run", "study.toml", "recbole")
+    assert report.plot_interval() == PLOT_INTERVAL_SECONDS
+    report._plot_seconds = 6.0
+    assert report.plot_interval() == pytest.approx(6.0 / PLOT_BUDGET)
+    assert report.plot_interval() * PLOT_BUDGET == pytest.approx(6.0)
