@@ -196,3 +196,79 @@ def test_browser_sees_trials_curves_and_report(ui, browser):
     wait_for(browser, "the report artifacts",
              lambda d: "trials.csv" in d.page_source and ">report<" in d.page_source,
              "3-study-report")  # fmt: skip
+
+
+def test_ui_and_a_running_sweep_do_not_break_each_other(
+    real_home, real_features, tmp_path
+):
+    """`sweep ui` reads the SQLite stores while `sweep launch` writes them."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").symlink_to(real_home / "cache")
+    (home / "downloads").symlink_to(real_home / "downloads")
+    text = (REPO / "studies" / "smoke.toml").read_text()
+    study_file = tmp_path / "live.toml"
+    study_file.write_text(
+        text.replace('name = "smoke"', 'name = "live"')
+        .replace("n_trials = 4", "n_trials = 6")
+        .replace("epochs = 4", "epochs = 6")
+    )
+    env = {**os.environ, "SWEEP_HOME": str(home)}
+    sweep = os.path.join(os.path.dirname(sys.executable), "sweep")
+    launch = subprocess.Popen(
+        [sweep, "launch", str(study_file), "--data-source", "recbole"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ui = None
+    try:
+        # The UI needs the MLflow store, which the launch creates first thing.
+        deadline = time.monotonic() + 120
+        while not (home / "mlflow.db").exists():
+            assert launch.poll() is None, launch.communicate()
+            assert time.monotonic() < deadline, "the launch made no MLflow store"
+            time.sleep(0.2)
+        port = free_port()
+        ui = subprocess.Popen(
+            [sweep, "ui", "--port", str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = ""
+        while "/#/experiments/" not in line:
+            assert ui.poll() is None, ui.communicate()
+            assert time.monotonic() < deadline + 120, "sweep ui printed no URL"
+            line = ui.stdout.readline()
+        experiment = line.split("/#/experiments/")[1].split("/")[0]
+        search = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search"
+        # Read as a user would while the sweep runs: every request must answer.
+        seen_running, trial_counts = False, []
+        while launch.poll() is None:
+            runs = post_json(
+                search, {"experiment_ids": [experiment], "max_results": 100}
+            ).get("runs", [])
+            trials = [r for r in runs if r["info"]["run_name"].startswith("trial-")]
+            trial_counts.append(len(trials))
+            seen_running |= any(r["info"]["status"] == "RUNNING" for r in trials)
+            time.sleep(0.3)
+        out, err = launch.communicate()
+        assert launch.returncode == 0, err
+        assert "locked" not in err, err
+        assert seen_running, "no trial run was seen while it ran"
+        assert len(set(trial_counts)) > 1, "the trial runs did not appear live"
+        runs = post_json(search, {"experiment_ids": [experiment], "max_results": 100})[
+            "runs"
+        ]
+        trials = [r for r in runs if r["info"]["run_name"].startswith("trial-")]
+        assert len(trials) == 6
+        assert {r["info"]["status"] for r in trials} == {"FINISHED"}
+        assert ui.poll() is None, "sweep ui stopped while the sweep ran"
+    finally:
+        for proc in (launch, ui):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=60)
