@@ -36,6 +36,14 @@ KERAS_TUNER = {5: 0.352, 10: 0.364, 20: 0.3655, 30: 0.3716}
 
 def _run(pruner: str, workers: int, minutes: float, data_home: Path) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"sweep-speed-{pruner}-{workers}-"))
+    start = _launch(folder, pruner, workers, minutes, data_home)
+    return _read(folder / "home", start, pruner, workers, minutes)
+
+
+def _launch(
+    folder: Path, pruner: str, workers: int, minutes: float, data_home: Path
+) -> float:
+    """Runs the sweep for `minutes`, then stops it as a user would; its start."""
     home = folder / "home"
     home.mkdir()
     for sub in ("cache", "downloads"):
@@ -62,8 +70,19 @@ def _run(pruner: str, workers: int, minutes: float, data_home: Path) -> dict:
         try:
             proc.wait(timeout=minutes * 60)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
+            # Ctrl-C; a second one if the first went unanswered, then a kill.
+            for stop in (signal.SIGINT, signal.SIGINT, signal.SIGKILL):
+                proc.send_signal(stop)
+                try:
+                    proc.wait(timeout=120)
+                    break
+                except subprocess.TimeoutExpired:
+                    print(f"  no exit {120} s after {stop.name}", flush=True)
+    return start
+
+
+def _read(home: Path, start: float, pruner: str, workers: int, minutes: float):
+    """The run's figures, read back from its Optuna storage."""
     study = optuna.load_study(
         study_name="deep-retrieval", storage=f"sqlite:///{home / 'optuna.db'}"
     )
@@ -72,7 +91,12 @@ def _run(pruner: str, workers: int, minutes: float, data_home: Path) -> dict:
         (t for t in study.trials if t.datetime_complete and t.value is not None),
         key=lambda t: t.datetime_complete,
     )
-    for t in finished:
+    # Only what finished within the run's minutes (a run stopped late counts
+    # no more than that).
+    in_time = [
+        t for t in finished if t.datetime_complete.timestamp() - start <= minutes * 60
+    ]
+    for t in in_time:
         if best is None or t.value > best:
             best = t.value
             curve.append((t.datetime_complete.timestamp() - start, best))
@@ -84,6 +108,9 @@ def _run(pruner: str, workers: int, minutes: float, data_home: Path) -> dict:
     }
     states = {}
     for t in study.trials:
+        ended = t.datetime_complete
+        if ended is not None and ended.timestamp() - start > minutes * 60:
+            continue
         states[t.state.name] = states.get(t.state.name, 0) + 1
     return {
         "pruner": pruner,
@@ -106,13 +133,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--runs", default="on:1,off:1,on:2,off:2")
+    parser.add_argument(
+        "--read",
+        action="append",
+        default=[],
+        metavar="PRUNER:WORKERS:MINUTES=FOLDER",
+        help="read a run this script left in FOLDER (e.g. one stopped by hand) "
+        "instead of launching it again; its start is its study file's time",
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data_home = Path(
         os.environ.get("SWEEP_BENCH_DATA_HOME", str(REPO / ".sweep-bench"))
     )
     runs = []
-    for spec in args.runs.split(","):
+    for spec in args.read:
+        spec, folder = spec.split("=")
+        pruner, workers, minutes = spec.split(":")
+        start = (Path(folder) / "deep_retrieval.toml").stat().st_mtime
+        runs.append(
+            _read(Path(folder) / "home", start, pruner, int(workers), float(minutes))
+        )
+    for spec in filter(None, args.runs.split(",")):
         pruner, workers, *minutes = spec.split(":")
         minutes = float(minutes[0]) if minutes else args.minutes
         print(f"pruner {pruner}, {workers} worker(s), {minutes} min", flush=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
 
+from sweep import interrupts
 from sweep.errors import SweepError, TrialFailed
 
 DATA_SOURCE_HELP = (
@@ -453,11 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the `sweep` command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("SWEEP_DEBUG") == "1"
-    # SIGTERM (docker stop, kill) stops as cleanly as Ctrl-C does. SIGINT is
-    # set too: a process started in the background of a script inherits SIGINT
-    # ignored, and Python then never raises KeyboardInterrupt for it.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM (docker stop, kill) stops as cleanly as Ctrl-C does.
+    interrupts.install()
     try:
         return args.run(args)
     except SweepError as e:

@@ -34,7 +34,7 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import config as config_module
-from sweep import space, train
+from sweep import interrupts, space, train
 from sweep.backend import keras
 from sweep.data import Features
 from sweep.errors import SweepError, TrialFailed
@@ -318,6 +318,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Runs one trial; returns its best validation top-100 accuracy."""
+        interrupts.check()
         config = space.suggest(trial, self.study)
         # One read of the study serves both: a live Trial no longer exposes its
         # system attrs (where Optuna keeps the retry history); its frozen copy does.

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sweep import interrupts
 from sweep.backend import keras
 from sweep.data import Features
 from sweep.errors import ConfigError, TrialFailed
@@ -231,6 +232,7 @@ class ValidationTracker(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         """Records the epoch; on validation epochs, the validation too."""
+        interrupts.check()
         logs = logs or {}
         loss = float(logs["loss"])
         self.losses.append(loss)
