@@ -7,11 +7,12 @@ with a fresh study in its own `SWEEP_HOME` (sharing the data cache; each run
 starts with an empty compilation cache, as a first sweep does), with the median
 pruner on or off and 1 or 2 workers, lets it run for `--minutes` (or the
 minutes a run names after its workers), stops it with Ctrl-C (SIGINT), and reads
-the study back from its
-Optuna storage: the best-so-far val top-100 accuracy against wall time since the
-launch, the time until a trial first beats 0.33, and the best reached at 5, 10,
-20 and 30 minutes, beside KerasTuner Hyperband's figures from issue 7 (0.352,
-0.364, 0.3655, 0.3716). Results go to `benchmarks/results/sweep_speed.{json,md}`.
+the study back from its Optuna storage: the best-so-far val top-100 accuracy
+against wall time since the launch, the time until a trial first beats 0.33
+(and 0.365, since the baselines alone pass 0.33), and the best reached at 5,
+10, 20 and 30 minutes, beside KerasTuner Hyperband's figures from issue 7
+(0.352, 0.364, 0.3655, 0.3716). `--read` reads a run left on disk instead of
+launching it. Results go to `benchmarks/results/sweep_speed.{json,md,png}`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ import optuna
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).parent.parent
 THRESHOLD = 0.33
+# The default study's baselines (the reference's configurations, run first and
+# never pruned early) already pass 0.33, so a higher mark tells pruning apart.
+HIGHER = 0.365
 MARKS = (5, 10, 20, 30)
 KERAS_TUNER = {5: 0.352, 10: 0.364, 20: 0.3655, 30: 0.3716}
 
@@ -101,6 +105,7 @@ def _read(home: Path, start: float, pruner: str, workers: int, minutes: float):
             best = t.value
             curve.append((t.datetime_complete.timestamp() - start, best))
     beats = next((s for s, v in curve if v > THRESHOLD), None)
+    beats_higher = next((s for s, v in curve if v > HIGHER), None)
     at = {
         m: max((v for s, v in curve if s <= m * 60), default=None)
         for m in MARKS
@@ -118,6 +123,7 @@ def _read(home: Path, start: float, pruner: str, workers: int, minutes: float):
         "minutes": minutes,
         "trials": states,
         "seconds_to_beat_0.33": beats,
+        f"seconds_to_beat_{HIGHER}": beats_higher,
         "best_at_minutes": at,
         "best": best,
         "curve": curve,
@@ -164,23 +170,24 @@ def main() -> None:
     marks = [m for m in MARKS if any(m <= r["minutes"] for r in runs)]
     head = (
         "| pruner | workers | minutes | trials (complete/pruned/failed) "
-        "| to beat 0.33 (s) | "
+        f"| to beat 0.33 (s) | to beat {HIGHER} (s) | "
         + " | ".join(f"best at {m} min" for m in marks)
         + " |\n|"
-        + "---|" * (5 + len(marks))
+        + "---|" * (6 + len(marks))
         + "\n"
     )
     rows = "".join(
         f"| {r['pruner']} | {r['workers']} | {r['minutes']:g} "
         f"| {r['trials'].get('COMPLETE', 0)}/"
         f"{r['trials'].get('PRUNED', 0)}/{r['trials'].get('FAIL', 0)} "
-        f"| {_fmt(r['seconds_to_beat_0.33'], 0)} | "
+        f"| {_fmt(r['seconds_to_beat_0.33'], 0)} "
+        f"| {_fmt(r.get(f'seconds_to_beat_{HIGHER}'), 0)} | "
         + " | ".join(_fmt(r["best_at_minutes"].get(m)) for m in marks)
         + " |\n"
         for r in runs
     )
     tuner = (
-        "| KerasTuner Hyperband (issue 7) | 1 | 30 | 179 | - | "
+        "| KerasTuner Hyperband (issue 7) | 1 | 30 | 179 | - | - | "
         + " | ".join(_fmt(KERAS_TUNER[m]) for m in marks)
         + " |\n"
     )
