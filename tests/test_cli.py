@@ -7,15 +7,28 @@ import pytest
 
 from tests import synthetic
 
+SWEEP = os.path.join(os.path.dirname(sys.executable), "sweep")
+
 
 def run_sweep(*args, env=None, timeout=600):
     """Runs the installed `sweep` console script as a user would."""
     return subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "sweep"), *args],
+        [SWEEP, *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
         timeout=timeout,
+    )
+
+
+def start_sweep(*args, env=None):
+    """Starts the `sweep` console script in the background, output piped."""
+    return subprocess.Popen(
+        [SWEEP, *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

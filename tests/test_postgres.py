@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from tests import postgres, synthetic
+from tests.test_cli import start_sweep
 from tests.test_study import study_file
 
 
@@ -74,26 +75,19 @@ def test_two_workers_on_postgres_share_the_study_exactly(
     path = study_file(tmp_path, name="pg", n_trials=6, sampler="random",
                       rates="0.05, 0.1, 0.2")  # fmt: skip
     tracking = mlflow_server
-    sweep = os.path.join(os.path.dirname(sys.executable), "sweep")
     # Like the compose workers: each launches-or-joins the same study file.
     procs = [
-        subprocess.Popen(
-            [
-                sweep,
-                "launch",
-                "--join",
-                str(path),
-                "--storage",
-                postgres_url,
-                "--tracking-uri",
-                tracking,
-                "--data-source",
-                spec,
-            ],
-            env={**os.environ, "SWEEP_HOME": str(tmp_path / f"home{i}")},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        start_sweep(
+            "launch",
+            "--join",
+            str(path),
+            "--storage",
+            postgres_url,
+            "--tracking-uri",
+            tracking,
+            "--data-source",
+            spec,
+            env={"SWEEP_HOME": str(tmp_path / f"home{i}")},
         )  # fmt: skip
         for i in range(2)
     ]

@@ -6,6 +6,20 @@ from tests.conftest import REPO
 from tests.test_cli import run_sweep
 
 
+def share_real_data(home, real_home):
+    """Makes `home` a sweep home that uses the real data's cache and wheel."""
+    home.mkdir(exist_ok=True)
+    (home / "cache").symlink_to(real_home / "cache")
+    (home / "downloads").symlink_to(real_home / "downloads")
+    return home
+
+
+@pytest.fixture
+def home(real_home, real_features, tmp_path):
+    """A fresh sweep home sharing the real data's cache and wheel."""
+    return share_real_data(tmp_path / "home", real_home)
+
+
 @pytest.fixture(scope="session")
 def smoke(real_home, real_features, tmp_path_factory):
     """`sweep launch studies/smoke.toml` on the real data, run once per session.
@@ -13,10 +27,8 @@ def smoke(real_home, real_features, tmp_path_factory):
     Returns the launch's result, the study, an MLflow client of its store and
     the sweep home it ran in.
     """
-    home = tmp_path_factory.mktemp("smoke-home")
     # Share the real data's cache and wheel rather than fetching them again.
-    (home / "cache").symlink_to(real_home / "cache")
-    (home / "downloads").symlink_to(real_home / "downloads")
+    home = share_real_data(tmp_path_factory.mktemp("smoke-home"), real_home)
     result = run_sweep(
         "launch", str(REPO / "studies" / "smoke.toml"), "--data-source", "recbole",
         env={"SWEEP_HOME": str(home)},

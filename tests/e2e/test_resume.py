@@ -7,17 +7,14 @@ trial was lost, none ran twice and no run was left RUNNING.
 """
 
 import collections
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import mlflow
 import optuna
 import pytest
 
-from tests.test_cli import run_sweep
+from tests.test_cli import run_sweep, start_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -42,32 +39,12 @@ learning_rate = { low = 0.05, high = 0.2, log = true }
 """
 
 
-@pytest.fixture
-def home(real_home, real_features, tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "cache").symlink_to(real_home / "cache")
-    (home / "downloads").symlink_to(real_home / "downloads")
-    return home
-
-
 def start_launch(tmp_path, home, pause_at):
     study_file = tmp_path / "crash.toml"
     study_file.write_text(STUDY)
     marker = tmp_path / "paused"
-    env = {
-        **os.environ,
-        "SWEEP_HOME": str(home),
-        "SWEEP_TEST_PAUSE_FLUSH": f"{marker}:{pause_at}",
-    }
-    sweep = os.path.join(os.path.dirname(sys.executable), "sweep")
-    proc = subprocess.Popen(
-        [sweep, "launch", str(study_file), "--data-source", "recbole"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env = {"SWEEP_HOME": str(home), "SWEEP_TEST_PAUSE_FLUSH": f"{marker}:{pause_at}"}
+    proc = start_sweep("launch", str(study_file), "--data-source", "recbole", env=env)
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert proc.poll() is None, proc.communicate()

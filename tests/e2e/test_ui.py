@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.test_cli import assert_one_line_error, run_sweep
+from tests.test_cli import assert_one_line_error, run_sweep, start_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +49,7 @@ def post_json(url, body):
 def ui(smoke):
     _, study, _, home = smoke
     port = free_port()
-    sweep = os.path.join(os.path.dirname(sys.executable), "sweep")
-    proc = subprocess.Popen(
-        [sweep, "ui", "--port", str(port)],
-        env={**os.environ, "SWEEP_HOME": str(home)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_sweep("ui", "--port", str(port), env={"SWEEP_HOME": str(home)})
     lines = []
     deadline = time.monotonic() + 120
     while not any(line.startswith("study smoke:") for line in lines):
@@ -198,14 +190,8 @@ def test_browser_sees_trials_curves_and_report(ui, browser):
              "3-study-report")  # fmt: skip
 
 
-def test_ui_and_a_running_sweep_do_not_break_each_other(
-    real_home, real_features, tmp_path
-):
+def test_ui_and_a_running_sweep_do_not_break_each_other(home, tmp_path):
     """`sweep ui` reads the SQLite stores while `sweep launch` writes them."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "cache").symlink_to(real_home / "cache")
-    (home / "downloads").symlink_to(real_home / "downloads")
     text = (REPO / "studies" / "smoke.toml").read_text()
     study_file = tmp_path / "live.toml"
     study_file.write_text(
@@ -213,15 +199,8 @@ def test_ui_and_a_running_sweep_do_not_break_each_other(
         .replace("n_trials = 4", "n_trials = 6")
         .replace("epochs = 4", "epochs = 6")
     )
-    env = {**os.environ, "SWEEP_HOME": str(home)}
-    sweep = os.path.join(os.path.dirname(sys.executable), "sweep")
-    launch = subprocess.Popen(
-        [sweep, "launch", str(study_file), "--data-source", "recbole"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env = {"SWEEP_HOME": str(home)}
+    launch = start_sweep("launch", str(study_file), "--data-source", "recbole", env=env)
     ui = None
     try:
         # The UI needs the MLflow store, which the launch creates first thing.
@@ -231,13 +210,7 @@ def test_ui_and_a_running_sweep_do_not_break_each_other(
             assert time.monotonic() < deadline, "the launch made no MLflow store"
             time.sleep(0.2)
         port = free_port()
-        ui = subprocess.Popen(
-            [sweep, "ui", "--port", str(port)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        ui = start_sweep("ui", "--port", str(port), env=env)
         line = ""
         while "/#/experiments/" not in line:
             assert ui.poll() is None, ui.communicate()
