@@ -318,7 +318,13 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Runs one trial; returns its best validation top-100 accuracy."""
-        interrupts.check()
+        try:
+            interrupts.check()
+        except KeyboardInterrupt:
+            # A stop dropped between two trials: this one has not started, and
+            # is re-queued like any trial a stop cut short (`requeue_interrupted`).
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+            raise
         config = space.suggest(trial, self.study)
         # One read of the study serves both: a live Trial no longer exposes its
         # system attrs (where Optuna keeps the retry history); its frozen copy does.
@@ -596,7 +602,7 @@ def launch(
             f"it with `sweep resume {settings.name}`, or give the study file another "
             "[study] name"
         )
-    experiment_id = tracker.experiment(settings.name)
+    experiment_id = tracker.experiment(settings.name, list(study_file.space))
     parent_run_id = tracker.start_study_run(
         experiment_id, settings.name, {"sweep.study_file": study_file.path.name}
     )

@@ -14,6 +14,7 @@ a batch whose write failed is sent again synchronously.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -31,6 +32,13 @@ from sweep.errors import SweepError
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 ROLE_TAG = "sweep.role"
 STATE_TAG = "sweep.trial_state"
+# The MLflow UI keeps its runs table's columns in the browser; a "shared view"
+# (the UI's Share button) is that state stored as an experiment tag, opened by
+# `?viewStateShareKey=<key>`. Each study's experiment carries one, so the
+# printed URL shows the scores and params of every trial, best first.
+VIEW_KEY = "sweep-trials"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+TRIAL_METRICS = ("val_top100_accuracy", "best_val_top100_accuracy", "best_epoch")
 # Optuna trial state -> MLflow run status.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 
@@ -103,6 +111,24 @@ class RetryingClient:
         return call
 
 
+def runs_view(params: list[str]) -> str:
+    """The MLflow UI state of a study's runs table, as its shared-view tag holds it.
+
+    Columns for the trial state, the scores and the searched params, sorted by
+    the best accuracy (the JSON the UI's Share button writes, in plain form).
+    """
+    columns = ["attributes.`Duration`", f"tags.`{STATE_TAG}`"]
+    columns += [f"metrics.`{m}`" for m in TRIAL_METRICS]
+    columns += [f"params.`{p}`" for p in params]
+    return json.dumps(
+        {
+            "selectedColumns": columns,
+            "orderByKey": f"metrics.`{TRIAL_METRICS[1]}`",
+            "orderByAsc": False,
+        }
+    )
+
+
 class Tracker:
     """The MLflow side of one study.
 
@@ -117,8 +143,15 @@ class Tracker:
         self.artifact_root = artifact_root
         self.client = RetryingClient(MlflowClient(tracking_uri))
 
-    def experiment(self, name: str) -> str:
-        """The id of the study's experiment, created (model development) if new."""
+    def experiment(self, name: str, params: list[str]) -> str:
+        """The id of the study's experiment, created (model development) if new.
+
+        Args:
+            name: The study's name, which the experiment takes.
+            params: The searched hyperparameters, shown as columns of the
+                experiment's runs view.
+        """
+        tags = {**EXPERIMENT_KIND, VIEW_TAG: runs_view(params)}
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
@@ -128,13 +161,15 @@ class Tracker:
                     f"--experiment-id {experiment.experiment_id}) or remove it for "
                     "good (mlflow gc), then launch again"
                 )
+            for key, value in tags.items():
+                self.client.set_experiment_tag(experiment.experiment_id, key, value)
             return experiment.experiment_id
         location = None
         if self.artifact_root is not None:
             location = (Path(self.artifact_root) / name).resolve().as_uri()
         try:
             return self.client.create_experiment(
-                name, artifact_location=location, tags=EXPERIMENT_KIND
+                name, artifact_location=location, tags=tags
             )
         except MlflowException as e:
             # Another worker created it since we looked.

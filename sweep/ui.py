@@ -20,8 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sweep.errors import SweepError
-from sweep.report import BEST_METRIC
-from sweep.tracking import EXPERIMENT_KIND
+from sweep.tracking import EXPERIMENT_KIND, VIEW_KEY
 
 STARTUP_SECONDS = 120
 
@@ -30,12 +29,14 @@ def runs_url(base_url: str, experiment_id: str) -> str:
     """The runs table of an experiment, best trial first, in the model view.
 
     Without `workflowType=machine_learning` MLflow 3 may open an experiment in
-    its GenAI view (traces, "Detect issues"). Sorted by the trials' best
-    accuracy, the first row answers "which configuration won".
+    its GenAI view (traces, "Detect issues"). The study's shared view
+    (`tracking.runs_view`) sorts by the trials' best accuracy, so the first row
+    answers "which configuration won", and shows the scores and params as
+    columns (MLflow ignores a shared view if the URL carries a sort itself).
     """
     return (
         f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-        f"&orderByKey=metrics.%60{BEST_METRIC}%60&orderByAsc=false"
+        f"&viewStateShareKey={VIEW_KEY}"
     )
 
 

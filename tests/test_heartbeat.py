@@ -14,7 +14,7 @@ def test_stale_heartbeat_fails_the_trial_kills_its_run_and_queues_a_retry(tmp_pa
     tracker = study_module.open_tracker(stores)
     storage = study_module.open_storage(stores.storage, tracker, max_retries=1)
     study = optuna.create_study(study_name="hb", storage=storage, direction="maximize")
-    experiment = tracker.experiment("hb")
+    experiment = tracker.experiment("hb", [])
     parent = tracker.start_study_run(experiment, "hb", {})
 
     trial = study.ask({"depth": optuna.distributions.IntDistribution(1, 3)})

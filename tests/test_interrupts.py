@@ -3,8 +3,10 @@ import signal
 import time
 
 import pytest
+from optuna.trial import TrialState
 
-from sweep import interrupts
+from sweep import config, interrupts, study
+from tests.test_study import STUDY, baseline
 
 
 @pytest.fixture
@@ -42,3 +44,21 @@ def test_a_signal_raises_keyboard_interrupt_where_it_lands(installed):
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(1)
+
+
+def test_a_stop_dropped_between_trials_requeues_the_trial_it_stops(
+    installed, tmp_path, synthetic_features, monkeypatch
+):
+    text = STUDY.format(name="s", n_trials=2, sampler="random", rates="0.05",
+                        baselines=baseline(0.05))  # fmt: skip
+    stores = study.resolve_stores(tmp_path / "home")
+    session = study.launch(config.parse_study(text, tmp_path / "s.toml"), stores)
+    monkeypatch.setattr(interrupts, "_requested", signal.SIGINT)  # dropped earlier
+    with pytest.raises(KeyboardInterrupt):
+        study.run(session, synthetic_features, tmp_path / "ckpt", progress=False)
+    stopped, retry = session.study.get_trials()
+    assert stopped.state == TrialState.FAIL
+    assert stopped.user_attrs[study.INTERRUPTED_ATTR]
+    # The baseline's retry waits with the baseline's params.
+    assert retry.state == TrialState.WAITING
+    assert retry.system_attrs["fixed_params"] == stopped.system_attrs["fixed_params"]

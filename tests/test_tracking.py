@@ -51,7 +51,7 @@ def test_other_errors_are_not_retried():
 
 def _trial_run(tmp_path):
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
-    experiment = tracker.experiment("s")
+    experiment = tracker.experiment("s", [])
     parent = tracker.start_study_run(experiment, "s", {})
     run = tracker.start_trial(experiment, parent, "s", 0, {"depth": 1})
     return tracker, run

@@ -68,8 +68,7 @@ def test_ui_serves_the_study_with_one_light_server(ui):
     base = f"http://127.0.0.1:{port}"
     expected = (
         f"study smoke: {base}/#/experiments/{experiment}/runs?workflowType="
-        "machine_learning&orderByKey=metrics.%60best_val_top100_accuracy%60"
-        "&orderByAsc=false"
+        "machine_learning&viewStateShareKey=sweep-trials"
     )
     assert expected in lines
     with urllib.request.urlopen(base, timeout=10) as page:
@@ -162,6 +161,29 @@ def test_browser_sees_trials_curves_and_report(ui, browser):
     browser.get(url)
     names = wait_for(browser, "every trial run", trial_rows, "1-runs-by-accuracy")
     assert names == [f"trial-{t.number}" for t in trials]
+
+    # Without a click: a column for each score, searched param and the state.
+    wanted = {"val_top100_accuracy", "best_val_top100_accuracy", "best_epoch",
+              "sweep.trial_state", *study.trials[0].params}  # fmt: skip
+
+    shown = set()
+
+    def missing_columns(driver):
+        # The grid renders only the columns in view: scroll through them all.
+        for step in range(20):
+            driver.execute_script(
+                "for (const v of document.querySelectorAll("
+                "'.ag-center-cols-viewport, .ag-body-horizontal-scroll-viewport'))"
+                " v.scrollLeft = arguments[0];",
+                step * 400,
+            )
+            time.sleep(0.2)
+            headers = driver.find_elements(By.CSS_SELECTOR, ".ag-header-cell")
+            shown.update(h.get_attribute("col-id") or "" for h in headers)
+        return {w for w in wanted if not any(f"`{w}`" in c for c in shown)}
+
+    missing = missing_columns(browser)
+    assert not missing, f"the runs table lacks columns {sorted(missing)}: {shown}"
 
     # The best trial's charts: val_top100_accuracy with a point per validation.
     experiment = study.user_attrs["mlflow_experiment_id"]
