@@ -13,16 +13,13 @@ goes on; a `SweepError` (the user's mistake, true for every trial) stops it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
 import shutil
 import signal
 import socket
-import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,7 +31,7 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import config as config_module
-from sweep import interrupts, space, train
+from sweep import interrupts, space, sqlite, train
 from sweep.backend import keras
 from sweep.data import Features
 from sweep.errors import SweepError, TrialFailed
@@ -145,46 +142,12 @@ def resolve_stores(
     return Stores(storage, tracking_uri, home / "mlartifacts" if local else None)
 
 
-@contextlib.contextmanager
-def sqlite_setup_lock(url: str):
-    """Serializes the first use of a SQLite store across processes on this host.
-
-    Optuna and MLflow create their tables (alembic migrations) on first use;
-    two workers doing it at once on a new file collide ("duplicate column").
-    """
-    if not url.startswith("sqlite:///"):
-        yield
-        return
-    path = Path(url[len("sqlite:///") :])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def open_tracker(stores: Stores) -> Tracker:
     """The MLflow side, its store created (once, under a lock) if new."""
-    use_wal(stores.tracking_uri)
-    with sqlite_setup_lock(stores.tracking_uri):
+    sqlite.use_wal(stores.tracking_uri)
+    with sqlite.setup_lock(stores.tracking_uri):
         # MlflowClient creates (migrates) its store as it is constructed.
         return Tracker(stores.tracking_uri, stores.artifact_root)
-
-
-def use_wal(url: str) -> None:
-    """Switches a SQLite database file to write-ahead logging (it persists).
-
-    With WAL, readers (the MLflow UI, `sweep status`) do not block the workers'
-    writes, and writers wait on each other less.
-    """
-    if not url.startswith("sqlite:///"):
-        return
-    path = Path(url[len("sqlite:///") :])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
 
 
 def open_storage(
@@ -202,11 +165,11 @@ def open_storage(
     """
     engine_kwargs = {}
     if url.startswith("sqlite"):
-        use_wal(url)
+        sqlite.use_wal(url)
         # Wait for a busy database instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
-        with sqlite_setup_lock(url):
+        with sqlite.setup_lock(url):
             for attempt in range(3):
                 try:
                     return optuna.storages.RDBStorage(
@@ -368,15 +331,19 @@ class Objective:
             if not best or v.val_top100_accuracy > best[0].val_top100_accuracy:
                 best[:] = [v]
             last[:] = [v.epoch]
-            run.flush(wait=False)
+            # Optuna's write first: MLflow's async write of the batch would
+            # compete with it for the interpreter, and the pruner waits on it.
             trial.report(v.val_top100_accuracy, v.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {v.epoch}")
+            run.flush(wait=False)
 
         def on_checkpoint(checkpoint: train.Checkpoint) -> None:
+            # Saved here first (atomically), so a retry on this machine resumes
+            # from it even if its upload has not finished.
             checkpoint.save(checkpoint_path)
             # Also in the run's artifacts: a retry on another machine finds it.
-            run.log_artifact(checkpoint_path, CHECKPOINT_ARTIFACT)
+            run.log_artifact(checkpoint_path, CHECKPOINT_ARTIFACT, wait=False)
 
         def close(state: str, status: str | None = None) -> None:
             if best:
@@ -516,9 +483,13 @@ class Progress:
         if self.enabled:
             self.bar.write(line)
 
+    def count(self, done: int) -> None:
+        """Shows `done` finished trials (the study's, every worker's)."""
+        self.bar.n = min(done, self.bar.total)
+        self.bar.refresh()
+
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Optuna callback: updates the bar and prints the trial's outcome."""
-        self.bar.n = min(finished_count(study), self.bar.total)
+        """Optuna callback: prints the trial's outcome (`count` moves the bar)."""
         accuracy = best_accuracy(trial)
         line = f"trial {trial.number:4d} {trial.state.name:8s} {_params_text(trial)}"
         if trial.user_attrs.get(SURPLUS_ATTR):
@@ -830,10 +801,14 @@ def run_trials(
     # traceback for every failed trial) would repeat them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        while (done := finished_count(study)) < target:
-            running = len(
-                study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            )
+        while True:
+            # One read of the study per trial: each costs a query of the store.
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            done = sum(state in FINISHED for state in states)
+            bar.count(done)
+            if done >= target:
+                break
+            running = states.count(TrialState.RUNNING)
             if done + running >= target:
                 # Others are finishing the last trials; a dead one's heartbeat
                 # goes stale and this frees its place.

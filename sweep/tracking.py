@@ -6,10 +6,11 @@ and nested runs that several workers write at once, so this uses `MlflowClient`
 directly. Metrics are buffered and sent with `log_batch` (one call per
 validation and one at the end), and the time spent in MLflow is measured.
 
-A validation's batch goes through MLflow's asynchronous logging, so training
-does not wait for the store's write; a trial's run is only ended once every
-batch it sent has been written (MLflow drains its queue when a run ends), and
-a batch whose write failed is sent again synchronously.
+A validation's batch goes through MLflow's asynchronous logging, and a
+checkpoint's upload through a thread of the trial's run, so training does not
+wait for the store's writes; a trial's run is only ended once every batch and
+upload it started has been written (MLflow drains its queue when a run ends),
+and one whose write failed is made again synchronously.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
@@ -216,7 +218,7 @@ class Tracker:
         trial_run = TrialRun(self.client, run.info.run_id)
         trial_run.params = [Param(k, str(v)) for k, v in params.items()]
         trial_run.seconds += time.perf_counter() - start
-        trial_run.flush()
+        trial_run.flush(wait=False)
         return trial_run
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
@@ -270,6 +272,9 @@ class TrialRun:
         self._tags: list[RunTag] = []
         # Batches sent asynchronously and their MLflow RunOperations.
         self._pending: list[tuple[dict, object]] = []
+        # Uploads started in the background: (file, artifact path, its future).
+        self._uploads: list[tuple[Path, str, Future]] = []
+        self._uploader: ThreadPoolExecutor | None = None
 
     def log_metric(self, key: str, value: float, step: int) -> None:
         """Buffers one metric point (sent at the next `flush`)."""
@@ -300,24 +305,61 @@ class TrialRun:
         self.seconds += time.perf_counter() - start
 
     def _check_pending(self) -> None:
-        """Waits for the batches sent asynchronously; resends any that failed.
+        """Waits for the batches sent asynchronously; resends all if one failed.
 
-        A batch fails as a whole (e.g. another worker held a SQLite store's lock
-        longer than MLflow waits), so sending it again cannot write it twice.
+        MLflow merges a run's queued batches into one write and reports its
+        failure (e.g. another worker held a SQLite store's lock longer than
+        MLflow waits) only on the first of them: the others read as written
+        but are not. So after any failure every batch is sent again, in order;
+        MLflow keeps one copy of a metric point or param sent twice.
         """
         start = time.perf_counter()
         pending, self._pending = self._pending, []
-        for batch, operations in pending:
+        failed = False
+        for _, operations in pending:
             try:
                 operations.wait()
             except MlflowException:
+                failed = True
+        if failed:
+            for batch, _ in pending:
                 self.client.log_batch(self.run_id, **batch)
         self.seconds += time.perf_counter() - start
 
-    def log_artifact(self, path: Path, artifact_path: str) -> None:
-        """Copies a local file into the run's artifacts (timed like the rest)."""
+    def log_artifact(self, path: Path, artifact_path: str, wait: bool = True) -> None:
+        """Copies a local file into the run's artifacts (timed like the rest).
+
+        Args:
+            path: The file.
+            artifact_path: The folder of the run's artifacts it goes to.
+            wait: Whether to wait for the copy; if not, one thread of this run
+                makes the copies in order and `finish` checks they were made.
+                The file must then be replaced atomically if it changes (a copy
+                takes the file as it is when the copy starts).
+        """
         start = time.perf_counter()
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        if wait:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        else:
+            if self._uploader is None:
+                self._uploader = ThreadPoolExecutor(1, f"sweep-upload-{self.run_id}")
+            future = self._uploader.submit(
+                self.client.log_artifact, self.run_id, str(path), artifact_path
+            )
+            self._uploads.append((path, artifact_path, future))
+        self.seconds += time.perf_counter() - start
+
+    def _check_uploads(self) -> None:
+        """Waits for the background uploads; makes a failed one again."""
+        start = time.perf_counter()
+        uploads, self._uploads = self._uploads, []
+        failed = {(path, folder) for path, folder, f in uploads if f.exception()}
+        if self._uploader is not None:
+            self._uploader.shutdown()
+            self._uploader = None
+        for path, folder in failed:
+            # The file as it is now: the latest state of what was uploaded.
+            self.client.log_artifact(self.run_id, str(path), folder)
         self.seconds += time.perf_counter() - start
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
@@ -337,6 +379,7 @@ class TrialRun:
         """
         self.set_tag(STATE_TAG, state)
         self.flush()
+        self._check_uploads()
         start = time.perf_counter()
         # Ending a run first drains MLflow's async queue (all our batches).
         self.client.set_terminated(self.run_id, status or RUN_STATUS[state])

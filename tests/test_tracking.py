@@ -83,9 +83,51 @@ def test_a_failed_asynchronous_batch_is_not_lost_silently(tmp_path):
         run.finish("COMPLETE")
 
 
+def test_batches_merged_into_a_failed_write_are_all_sent_again(tmp_path):
+    tracker, run = _trial_run(tmp_path)
+    # The same param twice: each batch alone is fine, but MLflow merges queued
+    # batches of a run into one write, which refuses a key given twice, and
+    # reports the failure on the first batch only.
+    run.params = [Param("depth", "1")]
+    run.log_metric("val_loss", 0.5, 1)
+    run.flush(wait=False)
+    run.finish("COMPLETE")
+    history = tracker.client.get_metric_history(run.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5)]
+
+
 def test_plots_are_drawn_less_often_when_drawing_is_slow():
     report = StudyReport(None, "run", "study.toml", "recbole")
     assert report.plot_interval() == PLOT_INTERVAL_SECONDS
     report._plot_seconds = 6.0
     assert report.plot_interval() == pytest.approx(6.0 / PLOT_BUDGET)
     assert report.plot_interval() * PLOT_BUDGET == pytest.approx(6.0)
+
+
+def test_background_uploads_are_all_made_before_the_run_ends(tmp_path):
+    tracker, run = _trial_run(tmp_path)
+    checkpoint = tmp_path / "trial-0.npz"
+    for epoch in range(3):
+        checkpoint.write_bytes(bytes([epoch]) * 1000)
+        run.log_artifact(checkpoint, "checkpoint", wait=False)
+    run.finish("COMPLETE")
+    assert tracker.client.get_run(run.run_id).info.status == "FINISHED"
+    local = tracker.download_checkpoint(run.run_id, "checkpoint", tmp_path / "got")
+    assert local.read_bytes() == bytes([2]) * 1000  # the last state of the file
+
+
+def test_a_failed_background_upload_is_made_again_at_the_end(tmp_path):
+    tracker, run = _trial_run(tmp_path)
+    checkpoint = tmp_path / "trial-0.npz"
+    run.log_artifact(checkpoint, "checkpoint", wait=False)  # no such file yet
+    checkpoint.write_bytes(b"weights")
+    run.finish("COMPLETE")
+    local = tracker.download_checkpoint(run.run_id, "checkpoint", tmp_path / "got")
+    assert local.read_bytes() == b"weights"
+
+
+def test_an_upload_that_keeps_failing_is_raised_at_the_end(tmp_path):
+    _, run = _trial_run(tmp_path)
+    run.log_artifact(tmp_path / "missing.npz", "checkpoint", wait=False)
+    with pytest.raises(OSError):
+        run.finish("COMPLETE")
