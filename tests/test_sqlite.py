@@ -1,0 +1,29 @@
+"""The SQLite store files: WAL, and commits that do not wait for the disk."""
+
+import sqlalchemy
+
+from sweep import sqlite, study
+
+
+def synchronous(engine):
+    with engine.connect() as connection:
+        return connection.exec_driver_sql("PRAGMA synchronous").scalar()
+
+
+def test_optuna_storage_is_wal_and_commits_with_synchronous_normal(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = study.open_storage(url)
+    with storage.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert synchronous(storage.engine) == 1  # NORMAL
+
+
+def test_sqlite_files_not_in_wal_keep_full_sync(tmp_path):
+    # In the older journal modes NORMAL could corrupt a file on a power cut.
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    assert synchronous(engine) == 2  # FULL, SQLite's default
+
+
+def test_path_of_sqlite_urls_only(tmp_path):
+    assert sqlite.path_of(f"sqlite:///{tmp_path}/a.db") == tmp_path / "a.db"
+    assert sqlite.path_of("postgresql://u@h/db") is None
