@@ -321,6 +321,7 @@ class Objective:
             best[:] = [max(resumed.validations, key=lambda v: v.val_top100_accuracy)]
             last[:] = [resumed.epoch]
         checkpoint_path = self.checkpoints / f"trial-{trial.number}.npz"
+        best_folder = self.checkpoints / f"trial-{trial.number}-best"
 
         def on_epoch(epoch: int, loss: float) -> None:
             run.log_metric("loss", loss, epoch)
@@ -354,7 +355,10 @@ class Objective:
                 run.log_metric("best_epoch", v.epoch, v.epoch)
                 trial.set_user_attr("best_epoch", v.epoch)
             run.log_metric("tracking_seconds", run.seconds, 0)
-            run.finish(state, status)
+            try:
+                run.finish(state, status)
+            finally:
+                shutil.rmtree(best_folder, ignore_errors=True)
             trial.set_user_attr("tracking_seconds", round(run.seconds, 4))
             if status != "KILLED":
                 # Only an interrupted trial is retried and needs its checkpoint.
@@ -370,7 +374,7 @@ class Objective:
                 on_checkpoint=on_checkpoint,
                 resume_from=resumed,
             )
-            self._keep_best(run, config, result, trial.number)
+            self._keep_best(run, config, result, best_folder)
         except optuna.TrialPruned:
             run.set_tag("sweep.pruned_at_epoch", last[0])
             trial.set_user_attr("pruned_at_epoch", last[0])
@@ -397,24 +401,23 @@ class Objective:
         return result.best.val_top100_accuracy
 
     def _keep_best(
-        self, run, config: train.TrainConfig, result: train.TrainResult, number: int
+        self, run, config: train.TrainConfig, result: train.TrainResult, folder: Path
     ) -> None:
-        """Logs the best epoch's weights (and how to rebuild their model)."""
-        folder = self.checkpoints / f"trial-{number}-best"
+        """Logs the best epoch's weights (and how to rebuild their model).
+
+        Uploaded in the background from `folder`, which stays until the run ends.
+        """
         folder.mkdir(parents=True, exist_ok=True)
-        try:
-            result.save_best(folder / BEST_WEIGHTS_FILE)
-            info = {
-                "config": dataclasses.asdict(config),
-                "best_epoch": result.best.epoch,
-                "best_val_top100_accuracy": result.best.val_top100_accuracy,
-                "data_source": self.features.source,
-                "data_checksum": self.features.checksum,
-            }
-            (folder / BEST_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-            run.log_artifacts(folder, BEST_ARTIFACT)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        result.save_best(folder / BEST_WEIGHTS_FILE)
+        info = {
+            "config": dataclasses.asdict(config),
+            "best_epoch": result.best.epoch,
+            "best_val_top100_accuracy": result.best.val_top100_accuracy,
+            "data_source": self.features.source,
+            "data_checksum": self.features.checksum,
+        }
+        (folder / BEST_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        run.log_artifacts(folder, BEST_ARTIFACT, wait=False)
 
     def _check_needed(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> None:
         """Drops a trial started when earlier ones already make up the target."""
@@ -483,9 +486,11 @@ class Progress:
         if self.enabled:
             self.bar.write(line)
 
-    def count(self, done: int) -> None:
-        """Shows `done` finished trials (the study's, every worker's)."""
+    def count(self, done: int, best: float | None) -> None:
+        """Shows the study's finished trials and best value (every worker's)."""
         self.bar.n = min(done, self.bar.total)
+        if best is not None:
+            self.bar.set_postfix(best=f"{best:.4f}", refresh=False)
         self.bar.refresh()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -504,11 +509,6 @@ class Progress:
             if trial.state == TrialState.PRUNED:
                 line += f" (pruned at {trial.user_attrs.get('pruned_at_epoch')})"
         self.write(line)
-        try:
-            self.bar.set_postfix(best=f"{study.best_value:.4f}", refresh=False)
-        except ValueError:  # no complete trial yet
-            pass
-        self.bar.refresh()
         if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
             study.stop()
 
@@ -803,9 +803,11 @@ def run_trials(
     try:
         while True:
             # One read of the study per trial: each costs a query of the store.
-            states = [t.state for t in study.get_trials(deepcopy=False)]
+            trials = study.get_trials(deepcopy=False)
+            states = [t.state for t in trials]
             done = sum(state in FINISHED for state in states)
-            bar.count(done)
+            values = [t.value for t in trials if t.state == TrialState.COMPLETE]
+            bar.count(done, max(values, default=None))
             if done >= target:
                 break
             running = states.count(TrialState.RUNNING)

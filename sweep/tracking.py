@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -273,7 +274,7 @@ class TrialRun:
         # Batches sent asynchronously and their MLflow RunOperations.
         self._pending: list[tuple[dict, object]] = []
         # Uploads started in the background: (file, artifact path, its future).
-        self._uploads: list[tuple[Path, str, Future]] = []
+        self._uploads: list[tuple[Callable, Path, str, Future]] = []
         self._uploader: ThreadPoolExecutor | None = None
 
     def log_metric(self, key: str, value: float, step: int) -> None:
@@ -334,38 +335,46 @@ class TrialRun:
             artifact_path: The folder of the run's artifacts it goes to.
             wait: Whether to wait for the copy; if not, one thread of this run
                 makes the copies in order and `finish` checks they were made.
-                The file must then be replaced atomically if it changes (a copy
-                takes the file as it is when the copy starts).
+                The file must then stay until the run ends, and be replaced
+                atomically if it changes (a copy takes the file as it is when
+                the copy starts).
         """
+        self._upload(self.client.log_artifact, path, artifact_path, wait)
+
+    def log_artifacts(
+        self, folder: Path, artifact_path: str, wait: bool = True
+    ) -> None:
+        """Copies a local folder's files into the run's artifacts.
+
+        Args:
+            folder: The folder.
+            artifact_path: The folder of the run's artifacts they go to.
+            wait: As for `log_artifact`.
+        """
+        self._upload(self.client.log_artifacts, folder, artifact_path, wait)
+
+    def _upload(self, call, path: Path, artifact_path: str, wait: bool) -> None:
         start = time.perf_counter()
         if wait:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            call(self.run_id, str(path), artifact_path)
         else:
             if self._uploader is None:
                 self._uploader = ThreadPoolExecutor(1, f"sweep-upload-{self.run_id}")
-            future = self._uploader.submit(
-                self.client.log_artifact, self.run_id, str(path), artifact_path
-            )
-            self._uploads.append((path, artifact_path, future))
+            future = self._uploader.submit(call, self.run_id, str(path), artifact_path)
+            self._uploads.append((call, path, artifact_path, future))
         self.seconds += time.perf_counter() - start
 
     def _check_uploads(self) -> None:
         """Waits for the background uploads; makes a failed one again."""
         start = time.perf_counter()
         uploads, self._uploads = self._uploads, []
-        failed = {(path, folder) for path, folder, f in uploads if f.exception()}
+        failed = [(c, p, a) for c, p, a, future in uploads if future.exception()]
         if self._uploader is not None:
             self._uploader.shutdown()
             self._uploader = None
-        for path, folder in failed:
-            # The file as it is now: the latest state of what was uploaded.
-            self.client.log_artifact(self.run_id, str(path), folder)
-        self.seconds += time.perf_counter() - start
-
-    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
-        """Copies a local folder's files into the run's artifacts."""
-        start = time.perf_counter()
-        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+        for call, path, artifact_path in dict.fromkeys(failed):
+            # The files as they are now: the latest state of what was uploaded.
+            call(self.run_id, str(path), artifact_path)
         self.seconds += time.perf_counter() - start
 
     def finish(self, state: str, status: str | None = None) -> None:

@@ -131,3 +131,17 @@ def test_an_upload_that_keeps_failing_is_raised_at_the_end(tmp_path):
     run.log_artifact(tmp_path / "missing.npz", "checkpoint", wait=False)
     with pytest.raises(OSError):
         run.finish("COMPLETE")
+
+
+def test_a_folder_uploaded_in_the_background_is_all_there_when_the_run_ends(
+    tmp_path,
+):
+    tracker, run = _trial_run(tmp_path)
+    folder = tmp_path / "best"
+    folder.mkdir()
+    (folder / "model.weights.h5").write_bytes(b"w")
+    (folder / "info.json").write_text("{}")
+    run.log_artifacts(folder, "best", wait=False)
+    run.finish("COMPLETE")
+    names = {f.path for f in tracker.client.list_artifacts(run.run_id, "best")}
+    assert names == {"best/model.weights.h5", "best/info.json"}
