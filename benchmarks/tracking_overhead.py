@@ -7,7 +7,9 @@ Runs a real study (`sweep launch`, in this process, on fresh SQLite stores) of
 call into Optuna's storage and into MLflow, by wrapping the methods of the
 storage object the study uses, of `MlflowClient` and of MLflow's SQL store
 (nested calls are counted once), and the study report's refresh (an Optuna
-callback: tables each trial, plots when due). Calls on the main thread are on
+callback: its tables each trial; its plots are drawn by a low-priority child
+process, whose CPU shows here only as what it takes from the trials' wall
+time, and by the worker at the end). Calls on the main thread are on
 the trial's path; those of other threads (Optuna's heartbeat, MLflow's async
 logging of validation batches) run beside training and are reported apart. A
 trial's wall time runs from the end of the previous trial to the end of this

@@ -13,11 +13,13 @@ and at the end of a sweep, so the parent run always shows the study so far:
     the run's description (markdown)      study file, data, best trial, how to
                                           export it
 
-The tables and the metric are cheap and refreshed after every trial; the plots
-cost a second or more per drawing (more as the study grows), so between trials
-they are redrawn at most every `PLOT_INTERVAL_SECONDS`, and less often when the
-last drawing took long enough that drawing that often would cost the worker more
-than `PLOT_BUDGET` of its time (always at the end of a sweep).
+The tables and the metric are cheap and refreshed by the worker after every
+trial. The plots cost a second or more per drawing (more as the study grows);
+after every trial they are redrawn by a low-priority child process
+(`sweep.plotter`), off the worker's cores as far as they are busy, and at the
+end of a sweep by the worker itself. Without that process they are drawn by
+the worker at most every `PLOT_INTERVAL_SECONDS`, and less often when drawing
+that often would cost it more than `PLOT_BUDGET` of its time.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import optuna
 from mlflow.entities import Metric, RunTag
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.plotter import Plotter
 from sweep.tracking import Tracker
 
 PLOT_INTERVAL_SECONDS = 60.0
@@ -63,12 +66,18 @@ class StudyReport:
     """
 
     def __init__(
-        self, tracker: Tracker, parent_run_id: str, study_file: str, data_source: str
+        self,
+        tracker: Tracker,
+        parent_run_id: str,
+        study_file: str,
+        data_source: str,
+        plotter: Plotter | None = None,
     ):
         self.tracker = tracker
         self.parent_run_id = parent_run_id
         self.study_file = study_file
         self.data_source = data_source
+        self.plotter = plotter
         # The first plots come after the first interval (or at the end).
         self._plotted_at = time.monotonic()
         self._plot_seconds = 0.0  # what the last drawing (and its upload) took
@@ -78,8 +87,15 @@ class StudyReport:
         return max(PLOT_INTERVAL_SECONDS, self._plot_seconds / PLOT_BUDGET)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Refreshes after a trial; plots only if the last ones are old enough."""
-        due = time.monotonic() - self._plotted_at >= self.plot_interval()
+        """Refreshes after a trial: the tables here, the plots by the plotter.
+
+        Without a plotter (or if it has died), the plots are drawn here, and
+        only if the last ones are old enough.
+        """
+        if self.plotter is not None and self.plotter.request():
+            due = False
+        else:
+            due = time.monotonic() - self._plotted_at >= self.plot_interval()
         try:
             self.refresh(study, plots=due)
         except Exception as e:  # a report must never stop the sweep

@@ -35,6 +35,7 @@ from sweep import interrupts, space, sqlite, train
 from sweep.backend import keras
 from sweep.data import Features
 from sweep.errors import SweepError, TrialFailed
+from sweep.plotter import Plotter
 from sweep.report import StudyReport
 from sweep.tracking import Tracker
 
@@ -535,6 +536,7 @@ class Session:
     study_file: config_module.Study
     tracker: Tracker
     target: int
+    storage_url: str
 
 
 def launch(
@@ -599,7 +601,8 @@ def launch(
     study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
     for baseline in study_file.baselines:
         study.enqueue_trial(baseline, user_attrs={"sweep.baseline": True})
-    return Session(study, study_file, tracker, n_trials or settings.n_trials)
+    target = n_trials or settings.n_trials
+    return Session(study, study_file, tracker, target, stores.storage)
 
 
 def resume(
@@ -662,7 +665,7 @@ def resume(
         target = n_trials
         study.set_user_attr(TARGET_ATTR, target)
     fail_orphaned_trials(study, tracker, max_retries)
-    return Session(study, launched, tracker, target)
+    return Session(study, launched, tracker, target, stores.storage)
 
 
 def fail_orphaned_trials(
@@ -757,12 +760,17 @@ def run(
         parent_run_id,
         checkpoints / study.study_name,
     )
+    plotter = Plotter(
+        session.storage_url, study.study_name, tracker.tracking_uri, parent_run_id
+    )
     report = StudyReport(
-        tracker, parent_run_id, str(session.study_file.path), features.source
+        tracker, parent_run_id, str(session.study_file.path), features.source, plotter
     )
     status = "FAILED"
     try:
         run_trials(study, objective, session.target, progress, [report])
+        # The final plots are drawn here; the child's drawing would be stale.
+        plotter.stop(wait=False)
         report.refresh(study)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -773,6 +781,7 @@ def run(
         requeue_interrupted(study, tracker, max_retries)
         raise
     finally:
+        plotter.stop(wait=False)
         tracker.finish_run(parent_run_id, status)
 
 

@@ -239,9 +239,10 @@ def test_ui_and_a_running_sweep_do_not_break_each_other(home, tmp_path):
             assert time.monotonic() < deadline + 120, "sweep ui printed no URL"
             line = ui.stdout.readline()
         experiment = line.split("/#/experiments/")[1].split("/")[0]
-        search = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search"
+        base = f"http://127.0.0.1:{port}"
+        search = f"{base}/ajax-api/2.0/mlflow/runs/search"
         # Read as a user would while the sweep runs: every request must answer.
-        seen_running, trial_counts = False, []
+        seen_running, trial_counts, plots_seen = False, [], False
         while launch.poll() is None:
             runs = post_json(
                 search, {"experiment_ids": [experiment], "max_results": 100}
@@ -249,12 +250,24 @@ def test_ui_and_a_running_sweep_do_not_break_each_other(home, tmp_path):
             trials = [r for r in runs if r["info"]["run_name"].startswith("trial-")]
             trial_counts.append(len(trials))
             seen_running |= any(r["info"]["status"] == "RUNNING" for r in trials)
+            # Plots drawn before the last trial ended (not by the final refresh).
+            parent = [r["info"]["run_id"] for r in runs
+                      if r["info"]["run_name"] == "live"]  # fmt: skip
+            running = any(r["info"]["status"] == "RUNNING" for r in trials)
+            if parent and not plots_seen and (running or len(trials) < 6):
+                listing = f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_id="
+                with urllib.request.urlopen(
+                    f"{listing}{parent[0]}&path=report", timeout=10
+                ) as response:
+                    files = json.loads(response.read()).get("files", [])
+                plots_seen = any(f["path"].endswith(".png") for f in files)
             time.sleep(0.3)
         out, err = launch.communicate()
         assert launch.returncode == 0, err
         assert "locked" not in err, err
         assert seen_running, "no trial run was seen while it ran"
         assert len(set(trial_counts)) > 1, "the trial runs did not appear live"
+        assert plots_seen, "the report's plots were not drawn while trials ran"
         runs = post_json(search, {"experiment_ids": [experiment], "max_results": 100})[
             "runs"
         ]

@@ -1,0 +1,160 @@
+"""The study report's plots, redrawn after every trial by a low-priority process.
+
+Drawing the plots takes a second or more of CPU (more as the study grows),
+about a third of a trial. In the worker's process that time would be taken
+from training; a training worker leaves roughly a quarter of this machine's two
+cores idle (its Python dispatch and XLA's kernels take turns), so the plots are
+drawn by a child process at the lowest CPU priority (nice 19), which mostly
+runs on that idle time.
+
+The worker asks for a drawing after every trial by writing a line to the
+child's stdin. The child draws the study as it is when it starts a drawing;
+requests that arrive meanwhile are served by the next drawing (the latest
+state), so it never falls behind by more than one. The child exits when its
+stdin closes: when the worker ends it, and also when the worker dies, since the
+pipe closes with it. The worker draws the final plots itself, after the child
+has stopped.
+
+    python -m sweep.plotter    (started by `Plotter`; reads its settings, then
+                                one line per request, from stdin)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# How long the end of a sweep waits for a drawing in progress to finish.
+STOP_SECONDS = 30
+
+
+class Plotter:
+    """The worker's side: starts the child and asks it for drawings.
+
+    Args:
+        storage_url: The Optuna storage of the study.
+        study_name: The study.
+        tracking_uri: The MLflow store of its parent run.
+        parent_run_id: The run the plots go to (under `report/`).
+    """
+
+    def __init__(
+        self, storage_url: str, study_name: str, tracking_uri: str, parent_run_id: str
+    ):
+        settings = {
+            "storage": storage_url,
+            "study": study_name,
+            "tracking_uri": tracking_uri,
+            "run_id": parent_run_id,
+        }
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "sweep.plotter"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            # Ctrl-C goes to the worker, which stops the child itself.
+            start_new_session=True,
+            # The settings go through the pipe: a database URL may hold a password.
+        )
+        self._send(json.dumps(settings))
+
+    def _send(self, line: str) -> bool:
+        try:
+            self._process.stdin.write((line + "\n").encode())
+            self._process.stdin.flush()
+            return True
+        except (BrokenPipeError, ValueError):  # the child has exited
+            return False
+
+    def request(self) -> bool:
+        """Asks for a drawing of the study as it is now.
+
+        Returns:
+            False if the child is gone (the caller draws itself instead).
+        """
+        return self._process.poll() is None and self._send("draw")
+
+    def stop(self, wait: bool = True) -> None:
+        """Ends the child.
+
+        Args:
+            wait: Let a drawing in progress finish (up to `STOP_SECONDS`); if
+                not, or it takes longer, the child is terminated.
+        """
+        if self._process.poll() is None and wait:
+            try:
+                self._process.stdin.close()
+                self._process.wait(timeout=STOP_SECONDS)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                pass
+        if self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait()
+        if self._process.stdin and not self._process.stdin.closed:
+            try:
+                self._process.stdin.close()
+            except BrokenPipeError:
+                pass
+
+
+def _read_line(fd: int) -> bytes:
+    """One line from `fd`, read unbuffered (the requests follow it on the pipe)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return line
+
+
+def _requests(fd: int) -> Iterator[None]:
+    """Yields once per batch of request lines; returns when `fd` closes."""
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        # Serve what queued up meanwhile with one drawing.
+        while select.select([fd], [], [], 0)[0]:
+            more = os.read(fd, 65536)
+            if not more:
+                yield
+                return
+        yield
+
+
+def main() -> None:
+    """The child: draws the study's plots into its parent run on request."""
+    os.nice(19)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stdin = sys.stdin.fileno()
+    settings = json.loads(_read_line(stdin))
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from sweep.report import write_plots
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=settings["study"], storage=settings["storage"])
+    client = MlflowClient(settings["tracking_uri"])
+    for _ in _requests(stdin):
+        folder = Path(tempfile.mkdtemp(prefix="sweep-plots-"))
+        try:
+            write_plots(study, study.get_trials(deepcopy=False), folder / "report")
+            client.log_artifacts(settings["run_id"], str(folder / "report"), "report")
+        except Exception as e:  # a report must never stop the sweep
+            print(f"sweep: the study plots were not redrawn ({e})", file=sys.stderr)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

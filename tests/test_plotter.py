@@ -1,0 +1,79 @@
+"""The report's plotter: a low-priority child process drawing into the parent run."""
+
+import os
+import subprocess
+import sys
+import time
+
+import optuna
+
+from sweep.plotter import Plotter
+from sweep.tracking import Tracker
+
+
+def finished_study(tmp_path):
+    """A small finished study and the MLflow parent run its report goes to."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="p", storage=url, direction="maximize")
+    for number in range(4):
+        trial = study.ask()
+        trial.suggest_float("learning_rate", 0.01, 0.5, log=True)
+        trial.suggest_int("depth", 1, 3)
+        for epoch in (1, 2):
+            trial.report(0.1 * epoch + 0.01 * number, epoch)
+        study.tell(trial, 0.2 + 0.01 * number)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
+    experiment = tracker.experiment("p", [])
+    run_id = tracker.start_study_run(experiment, "p", {})
+    return url, tracker, run_id
+
+
+def report_files(tracker, run_id):
+    return {
+        f.path
+        for folder in ("report", "report/optuna")
+        for f in tracker.client.list_artifacts(run_id, folder)
+    }
+
+
+def test_a_requested_drawing_reaches_the_parent_run(tmp_path):
+    url, tracker, run_id = finished_study(tmp_path)
+    plotter = Plotter(url, "p", tracker.tracking_uri, run_id)
+    assert plotter.request()
+    plotter.stop()  # lets the drawing finish
+    files = report_files(tracker, run_id)
+    assert "report/top100_accuracy_vs_epoch.png" in files
+    assert "report/optuna/optimization_history.html" in files
+    assert "report/optuna/intermediate_values.png" in files
+
+
+def test_the_child_is_niced_and_leaves_when_its_worker_dies(tmp_path):
+    url, tracker, run_id = finished_study(tmp_path)
+    # A worker that starts a plotter and is killed without stopping it.
+    worker = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from sweep.plotter import Plotter; "
+         "p = Plotter(*sys.argv[1:]); print(p._process.pid, flush=True); "
+         "time.sleep(600)", url, "p", tracker.tracking_uri, run_id],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    child = int(worker.stdout.readline())
+    time.sleep(1)
+    assert os.getpriority(os.PRIO_PROCESS, child) == 19
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+        with open(f"/proc/{child}/stat") as stat:
+            if stat.read().split()[2] == "Z":  # exited, not yet reaped
+                break
+        time.sleep(0.2)
+    else:
+        assert not os.path.exists(f"/proc/{child}"), "the plotter outlived its worker"
+
+
+def test_a_dead_plotter_is_reported_so_the_worker_draws_itself(tmp_path):
+    url, tracker, run_id = finished_study(tmp_path)
+    plotter = Plotter(url, "p", tracker.tracking_uri, run_id)
+    plotter.stop(wait=False)
+    assert not plotter.request()
