@@ -1,4 +1,4 @@
-"""The study report's plots, redrawn after every trial by a low-priority process.
+"""The study report's files, rewritten after every trial by a low-priority process.
 
 Drawing the plots takes a second or more of CPU (more as the study grows),
 about a third of a trial. In the worker's process that time would be taken
@@ -7,10 +7,10 @@ cores idle (its Python dispatch and XLA's kernels take turns), so the plots are
 drawn by a child process at the lowest CPU priority (nice 19), which mostly
 runs on that idle time.
 
-The worker asks for a drawing after every trial by writing a line to the
-child's stdin. The child draws the study as it is when it starts a drawing;
-requests that arrive meanwhile are served by the next drawing (the latest
-state), so it never falls behind by more than one. The child exits when its
+The worker asks for a drawing (the plots and trials.csv) after every trial by
+writing a line to the child's stdin. The child draws the study as it is when it
+starts a drawing; requests that arrive meanwhile are served by the next drawing
+(the latest state), so it never falls behind by more than one. The child exits when its
 stdin closes: when the worker ends it, and also when the worker dies, since the
 pipe closes with it. The worker draws the final plots itself, after the child
 has stopped.
@@ -24,13 +24,10 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 # How long the end of a sweep waits for a drawing in progress to finish.
 STOP_SECONDS = 30
@@ -140,20 +137,17 @@ def main() -> None:
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from sweep.report import write_plots
+    from sweep.report import upload_files
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=settings["study"], storage=settings["storage"])
     client = MlflowClient(settings["tracking_uri"])
     for _ in _requests(stdin):
-        folder = Path(tempfile.mkdtemp(prefix="sweep-plots-"))
+        trials = study.get_trials(deepcopy=False)
         try:
-            write_plots(study, study.get_trials(deepcopy=False), folder / "report")
-            client.log_artifacts(settings["run_id"], str(folder / "report"), "report")
+            upload_files(client, settings["run_id"], study, trials, plots=True)
         except Exception as e:  # a report must never stop the sweep
             print(f"sweep: the study plots were not redrawn ({e})", file=sys.stderr)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ and at the end of a sweep, so the parent run always shows the study so far:
     the run's description (markdown)      study file, data, best trial, how to
                                           export it
 
-The tables and the metric are cheap and refreshed by the worker after every
-trial. The plots cost a second or more per drawing (more as the study grows);
-after every trial they are redrawn by a low-priority child process
-(`sweep.plotter`), off the worker's cores as far as they are busy, and at the
-end of a sweep by the worker itself. Without that process they are drawn by
-the worker at most every `PLOT_INTERVAL_SECONDS`, and less often when drawing
-that often would cost it more than `PLOT_BUDGET` of its time.
+The metric and the description are cheap and refreshed by the worker after
+every trial. The files cost more (the plots a second or more per drawing, more
+as the study grows): after every trial they are written by a low-priority child
+process (`sweep.plotter`), off the worker's cores as far as they are busy, and
+at the end of a sweep by the worker itself. Without that process the worker
+writes trials.csv after every trial and draws the plots at most every
+`PLOT_INTERVAL_SECONDS`, and less often when drawing that often would cost it
+more than `PLOT_BUDGET` of its time.
 """
 
 from __future__ import annotations
@@ -87,37 +88,41 @@ class StudyReport:
         return max(PLOT_INTERVAL_SECONDS, self._plot_seconds / PLOT_BUDGET)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Refreshes after a trial: the tables here, the plots by the plotter.
+        """Refreshes after a trial; the plotter writes the files if it can.
 
-        Without a plotter (or if it has died), the plots are drawn here, and
-        only if the last ones are old enough.
+        The metric and the description are written here, trials.csv and the
+        plots by the plotter.
+
+        Without a plotter (or if it has died), trials.csv is written here, and
+        the plots too if the last ones are old enough.
         """
-        if self.plotter is not None and self.plotter.request():
-            due = False
-        else:
-            due = time.monotonic() - self._plotted_at >= self.plot_interval()
+        delegated = self.plotter is not None and self.plotter.request()
+        due = not delegated and (
+            time.monotonic() - self._plotted_at >= self.plot_interval()
+        )
         try:
-            self.refresh(study, plots=due)
+            self.refresh(study, plots=due, table=not delegated)
         except Exception as e:  # a report must never stop the sweep
             print(f"sweep: the study report was not refreshed ({e})", file=sys.stderr)
 
-    def refresh(self, study: optuna.Study, plots: bool = True) -> None:
-        """Writes the report artifacts, the best-so-far metric and description."""
+    def refresh(
+        self, study: optuna.Study, plots: bool = True, table: bool = True
+    ) -> None:
+        """Writes the report: best-so-far metric, description, and files.
+
+        Args:
+            study: The study.
+            plots: Draw and upload the plots.
+            table: Upload trials.csv.
+        """
         trials = study.get_trials(deepcopy=False)
         client = self.tracker.client
-        folder = Path(tempfile.mkdtemp(prefix="sweep-report-"))
-        try:
-            study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
-            client.log_artifact(self.parent_run_id, str(folder / "trials.csv"))
+        if plots or table:
+            start = time.monotonic()
+            upload_files(client, self.parent_run_id, study, trials, plots)
             if plots:
-                start = time.monotonic()
-                figures = folder / "report"
-                write_plots(study, trials, figures)
-                client.log_artifacts(self.parent_run_id, str(figures), "report")
                 self._plotted_at = time.monotonic()
                 self._plot_seconds = self._plotted_at - start
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
         tags = [RunTag(DESCRIPTION_TAG, self.describe(study, trials))]
         metrics = []
         best = _best(trials)
@@ -162,6 +167,29 @@ class StudyReport:
 def _best(trials: list[FrozenTrial]) -> FrozenTrial | None:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+
+
+def upload_files(
+    client, run_id: str, study: optuna.Study, trials: list[FrozenTrial], plots: bool
+) -> None:
+    """Writes trials.csv (and the plots, if asked) into the study's run.
+
+    Args:
+        client: An MLflow client of the study's store.
+        run_id: The study's parent run.
+        study: The study.
+        trials: Its trials, as just read.
+        plots: Also draw and upload the plots under `report/`.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="sweep-report-"))
+    try:
+        study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
+        client.log_artifact(run_id, str(folder / "trials.csv"))
+        if plots:
+            write_plots(study, trials, folder / "report")
+            client.log_artifacts(run_id, str(folder / "report"), "report")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_plots(study: optuna.Study, trials: list[FrozenTrial], folder: Path) -> None:

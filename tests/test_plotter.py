@@ -31,7 +31,7 @@ def finished_study(tmp_path):
 def report_files(tracker, run_id):
     return {
         f.path
-        for folder in ("report", "report/optuna")
+        for folder in (None, "report", "report/optuna")
         for f in tracker.client.list_artifacts(run_id, folder)
     }
 
@@ -42,6 +42,7 @@ def test_a_requested_drawing_reaches_the_parent_run(tmp_path):
     assert plotter.request()
     plotter.stop()  # lets the drawing finish
     files = report_files(tracker, run_id)
+    assert "trials.csv" in files
     assert "report/top100_accuracy_vs_epoch.png" in files
     assert "report/optuna/optimization_history.html" in files
     assert "report/optuna/intermediate_values.png" in files
