@@ -60,15 +60,11 @@ class Plotter:
             start_new_session=True,
             # The settings go through the pipe: a database URL may hold a password.
         )
-        self._send(json.dumps(settings))
-
-    def _send(self, line: str) -> bool:
-        try:
-            self._process.stdin.write((line + "\n").encode())
-            self._process.stdin.flush()
-            return True
-        except (BrokenPipeError, ValueError):  # the child has exited
-            return False
+        self._process.stdin.write((json.dumps(settings) + "\n").encode())
+        self._process.stdin.flush()
+        # A child stuck in a drawing must never block the worker: if the pipe
+        # is full, requests are already waiting there.
+        os.set_blocking(self._process.stdin.fileno(), False)
 
     def request(self) -> bool:
         """Asks for a drawing of the study as it is now.
@@ -76,7 +72,15 @@ class Plotter:
         Returns:
             False if the child is gone (the caller draws itself instead).
         """
-        return self._process.poll() is None and self._send("draw")
+        if self._process.poll() is not None:
+            return False
+        try:
+            os.write(self._process.stdin.fileno(), b"draw\n")
+        except BlockingIOError:
+            pass  # the pipe is full of requests the child has yet to serve
+        except (BrokenPipeError, ValueError):  # the child has exited
+            return False
+        return True
 
     def stop(self, wait: bool = True) -> None:
         """Ends the child.

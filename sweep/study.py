@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -760,17 +761,23 @@ def run(
         parent_run_id,
         checkpoints / study.study_name,
     )
-    plotter = Plotter(
-        session.storage_url, study.study_name, tracker.tracking_uri, parent_run_id
-    )
+    try:
+        plotter = Plotter(
+            session.storage_url, study.study_name, tracker.tracking_uri, parent_run_id
+        )
+    except OSError as e:  # the report must never stop the sweep
+        print(f"sweep: no plotter process ({e}); plots drawn once a minute",
+              file=sys.stderr)  # fmt: skip
+        plotter = None
     report = StudyReport(
         tracker, parent_run_id, str(session.study_file.path), features.source, plotter
     )
     status = "FAILED"
     try:
         run_trials(study, objective, session.target, progress, [report])
-        # The final plots are drawn here; the child's drawing would be stale.
-        plotter.stop(wait=False)
+        if plotter is not None:
+            # The final plots are drawn here; the child's drawing would be stale.
+            plotter.stop(wait=False)
         report.refresh(study)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -781,7 +788,8 @@ def run(
         requeue_interrupted(study, tracker, max_retries)
         raise
     finally:
-        plotter.stop(wait=False)
+        if plotter is not None:
+            plotter.stop(wait=False)
         tracker.finish_run(parent_run_id, status)
 
 

@@ -1,6 +1,7 @@
 """The report's plotter: a low-priority child process drawing into the parent run."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -78,3 +79,19 @@ def test_a_dead_plotter_is_reported_so_the_worker_draws_itself(tmp_path):
     plotter = Plotter(url, "p", tracker.tracking_uri, run_id)
     plotter.stop(wait=False)
     assert not plotter.request()
+
+
+def test_a_stuck_plotter_never_blocks_its_worker(tmp_path):
+    url, tracker, run_id = finished_study(tmp_path)
+    plotter = Plotter(url, "p", tracker.tracking_uri, run_id)
+    child = plotter._process.pid
+    os.kill(child, signal.SIGSTOP)  # stuck: reads nothing while requests pile up
+    try:
+        start = time.monotonic()
+        # Far more requests than the pipe holds (64 KiB of 5-byte lines).
+        assert all(plotter.request() for _ in range(20_000))
+        assert time.monotonic() - start < 10
+    finally:
+        os.kill(child, signal.SIGCONT)
+        plotter.stop(wait=False)
+    assert plotter._process.poll() is not None
