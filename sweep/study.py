@@ -377,6 +377,9 @@ class Objective:
                 resume_from=resumed,
             )
             self._keep_best(run, config, result, best_folder)
+            # Inside the try: an upload that keeps failing at the run's end
+            # fails this trial (and ends its run FAILED), not the sweep.
+            close("COMPLETE")
         except optuna.TrialPruned:
             run.set_tag("sweep.pruned_at_epoch", last[0])
             trial.set_user_attr("pruned_at_epoch", last[0])
@@ -399,7 +402,6 @@ class Objective:
             run.set_tag("sweep.fail_reason", "interrupted")
             close("FAIL", "KILLED")
             raise
-        close("COMPLETE")
         return result.best.val_top100_accuracy
 
     def _keep_best(

@@ -227,3 +227,28 @@ def test_resumed_and_parallel_samplers_do_not_replay_proposals(sampler):
     assert launched == first(make_sampler(settings))  # reproducible launch
     assert set(first(make_sampler(settings, 4))).isdisjoint(launched)  # resumed
     assert first(make_sampler(settings, 4, 1)) != first(make_sampler(settings, 4, 0))
+
+
+def test_an_upload_that_keeps_failing_fails_its_trial_and_ends_its_run(
+    tmp_path, synthetic_features, monkeypatch
+):
+    from sweep import config, train
+    from sweep import study as study_module
+    from sweep.errors import SweepError
+
+    # Checkpoints that never reach the disk: every upload of one fails, also
+    # the one made again when the run ends.
+    monkeypatch.setattr(train.Checkpoint, "save", lambda self, path: None)
+    monkeypatch.setattr(study_module, "MAX_CONSECUTIVE_FAILURES", 1)
+    text = STUDY.format(name="u", n_trials=1, sampler="random", rates="0.05",
+                        baselines="")  # fmt: skip
+    stores = study_module.resolve_stores(tmp_path / "home")
+    session = study_module.launch(config.parse_study(text, tmp_path / "u.toml"), stores)
+    with pytest.raises(SweepError, match="all failed"):
+        study_module.run(session, synthetic_features, tmp_path / "ckpt", progress=False)
+    trials = session.study.get_trials()
+    assert trials and all(t.state.name == "FAIL" for t in trials)
+    assert "FileNotFoundError" in trials[0].user_attrs["fail_reason"]
+    client = mlflow.MlflowClient(stores.tracking_uri)
+    run = client.get_run(trials[0].user_attrs[RUN_ID_ATTR])
+    assert run.info.status == "FAILED"
