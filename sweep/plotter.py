@@ -144,11 +144,17 @@ def main() -> None:
     from sweep.report import upload_files
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=settings["study"], storage=settings["storage"])
-    client = MlflowClient(settings["tracking_uri"])
+    try:
+        study = optuna.load_study(
+            study_name=settings["study"], storage=settings["storage"]
+        )
+        client = MlflowClient(settings["tracking_uri"])
+    except Exception as e:  # the worker then draws the plots itself
+        print(f"sweep: the plotter could not open the study ({e})", file=sys.stderr)
+        sys.exit(1)
     for _ in _requests(stdin):
-        trials = study.get_trials(deepcopy=False)
         try:
+            trials = study.get_trials(deepcopy=False)
             upload_files(client, settings["run_id"], study, trials, plots=True)
         except Exception as e:  # a report must never stop the sweep
             print(f"sweep: the study plots were not redrawn ({e})", file=sys.stderr)
