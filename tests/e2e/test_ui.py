@@ -189,7 +189,9 @@ def test_browser_sees_trials_curves_and_report(ui, browser):
     experiment = study.user_attrs["mlflow_experiment_id"]
     best = trials[0]
     base = f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs"
-    browser.get(f"{base}/{best.user_attrs['mlflow_run_id']}/model-metrics")
+    # As reached from the runs table: in the model-training view.
+    view = "?workflowType=machine_learning"
+    browser.get(f"{base}/{best.user_attrs['mlflow_run_id']}/model-metrics{view}")
 
     def accuracy_points(driver):
         title = "//*[text()='val_top100_accuracy']/../../.."
@@ -206,7 +208,7 @@ def test_browser_sees_trials_curves_and_report(ui, browser):
         assert f">{metric}<" in browser.page_source
 
     # The study's run: its report artifacts.
-    browser.get(f"{base}/{study.user_attrs['mlflow_parent_run_id']}/artifacts")
+    browser.get(f"{base}/{study.user_attrs['mlflow_parent_run_id']}/artifacts{view}")
     wait_for(browser, "the report artifacts",
              lambda d: "trials.csv" in d.page_source and ">report<" in d.page_source,
              "3-study-report")  # fmt: skip
