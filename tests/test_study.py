@@ -6,6 +6,9 @@ import mlflow
 import optuna
 import pytest
 
+from sweep import config, train
+from sweep import study as study_module
+from sweep.errors import SweepError
 from sweep.study import BEST_ARTIFACT, PARENT_RUN_ATTR, RUN_ID_ATTR
 from tests import synthetic
 from tests.test_cli import assert_one_line_error, run_sweep
@@ -232,10 +235,6 @@ def test_resumed_and_parallel_samplers_do_not_replay_proposals(sampler):
 def test_an_upload_that_keeps_failing_fails_its_trial_and_ends_its_run(
     tmp_path, synthetic_features, monkeypatch
 ):
-    from sweep import config, train
-    from sweep import study as study_module
-    from sweep.errors import SweepError
-
     # Checkpoints that never reach the disk: every upload of one fails, also
     # the one made again when the run ends.
     monkeypatch.setattr(train.Checkpoint, "save", lambda self, path: None)
