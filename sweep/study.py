@@ -718,14 +718,13 @@ def open_study(stores: Stores, name: str) -> optuna.Study:
         SweepError: The store or the study does not exist.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if stores.storage.startswith("sqlite:///"):
-        path = Path(stores.storage[len("sqlite:///") :])
-        if not path.is_file():
-            raise SweepError(
-                f"no study {name!r}: there is no Optuna storage at {path}; launch "
-                "a study first (sweep launch STUDY_FILE), or pass --storage / set "
-                "SWEEP_HOME to where it ran"
-            )
+    path = sqlite.path_of(stores.storage)
+    if path is not None and not path.is_file():
+        raise SweepError(
+            f"no study {name!r}: there is no Optuna storage at {path}; launch "
+            "a study first (sweep launch STUDY_FILE), or pass --storage / set "
+            "SWEEP_HOME to where it ran"
+        )
     storage = open_storage(stores.storage)
     names = _study_names(storage)
     if name not in names:

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from sweep import sqlite
 from sweep.errors import SweepError
 from sweep.tracking import EXPERIMENT_KIND, VIEW_KEY
 
@@ -110,13 +111,12 @@ def serve(
         for name, experiment_id in sweep_experiments(tracking_uri):
             log(f"study {name}: {runs_url(tracking_uri.rstrip('/'), experiment_id)}")
         return 0
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///") :])
-        if not path.is_file():
-            raise SweepError(
-                f"no MLflow store at {path}: no sweep has run with this SWEEP_HOME; "
-                "launch one (sweep launch STUDY_FILE) or pass --tracking-uri"
-            )
+    path = sqlite.path_of(tracking_uri)
+    if path is not None and not path.is_file():
+        raise SweepError(
+            f"no MLflow store at {path}: no sweep has run with this SWEEP_HOME; "
+            "launch one (sweep launch STUDY_FILE) or pass --tracking-uri"
+        )
     check_port(host, port)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server_log.parent.mkdir(parents=True, exist_ok=True)
