@@ -15,19 +15,30 @@ stdin closes: when the worker ends it, and also when the worker dies, since the
 pipe closes with it. The worker draws the final plots itself, after the child
 has stopped.
 
+Every worker starts a plotter, but on one machine only one of a study's
+plotters draws: the one holding the study's lock file (in the temporary
+folder; the kernel releases it when its holder exits). The others try to take
+it over at each request, so the drawing goes on when the worker whose plotter
+held it finishes first. Workers on other machines draw the same files on their
+own; the last drawing wins, which is the study as it was then.
+
     python -m sweep.plotter    (started by `Plotter`; reads its settings, then
                                 one line per request, from stdin)
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 # How long the end of a sweep waits for a drawing in progress to finish.
 STOP_SECONDS = 30
@@ -131,6 +142,21 @@ def _requests(fd: int) -> Iterator[None]:
         yield
 
 
+def lock_path(storage_url: str, study_name: str) -> Path:
+    """The lock file the plotters of one study on this machine share."""
+    key = hashlib.sha256(f"{storage_url}\n{study_name}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"sweep-plotter-{key}.lock"
+
+
+def _take(lock) -> bool:
+    """Whether this process now holds `lock` (an open file), without waiting."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def main() -> None:
     """The child: draws the study's plots into its parent run on request."""
     os.nice(19)
@@ -149,10 +175,15 @@ def main() -> None:
             study_name=settings["study"], storage=settings["storage"]
         )
         client = MlflowClient(settings["tracking_uri"])
+        lock = open(lock_path(settings["storage"], settings["study"]), "a")  # noqa: SIM115
     except Exception as e:  # the worker then draws the plots itself
         print(f"sweep: the plotter could not open the study ({e})", file=sys.stderr)
         sys.exit(1)
+    holder = False
     for _ in _requests(stdin):
+        holder = holder or _take(lock)
+        if not holder:
+            continue  # another plotter on this machine draws this study
         try:
             trials = study.get_trials(deepcopy=False)
             upload_files(client, settings["run_id"], study, trials, plots=True)

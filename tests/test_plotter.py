@@ -95,3 +95,31 @@ def test_a_stuck_plotter_never_blocks_its_worker(tmp_path):
         os.kill(child, signal.SIGCONT)
         plotter.stop(wait=False)
     assert plotter._process.poll() is not None
+
+
+def test_one_plotter_per_study_draws_and_another_takes_over(tmp_path):
+    url, tracker, first_run = finished_study(tmp_path)
+    # A second worker's plotter; its own run shows whether it draws.
+    second_run = tracker.start_study_run(tracker.experiment("p", []), "p2", {})
+    first = Plotter(url, "p", tracker.tracking_uri, first_run)
+    assert first.request()
+    wait_for(lambda: "trials.csv" in report_files(tracker, first_run))
+    second = Plotter(url, "p", tracker.tracking_uri, second_run)
+    try:
+        assert second.request()
+        # It would have drawn by now (the first one drew within the wait above).
+        time.sleep(8)
+        assert report_files(tracker, second_run) == set()
+        first.stop()
+        assert second.request()
+        wait_for(lambda: "trials.csv" in report_files(tracker, second_run))
+    finally:
+        first.stop(wait=False)
+        second.stop(wait=False)
+
+
+def wait_for(condition, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s"
+        time.sleep(0.2)
