@@ -11,8 +11,11 @@ the study back from its Optuna storage: the best-so-far val top-100 accuracy
 against wall time since the launch, the time until a trial first beats 0.33
 (and 0.365, since the baselines alone pass 0.33), and the best reached at 5,
 10, 20 and 30 minutes, beside KerasTuner Hyperband's figures from issue 7
-(0.352, 0.364, 0.3655, 0.3716). `--read` reads a run left on disk instead of
-launching it. Results go to `benchmarks/results/sweep_speed.{json,md,png}`.
+(0.352, 0.364, 0.3655, 0.3716); and, for each number of workers run both
+ways, pruning's speed-up to each mark against issue 7's 2x, with the trial that
+first passed it. `--read` reads a run left on disk instead of launching it
+(`--runs ""` then only reads). Results go to
+`benchmarks/results/sweep_speed.{json,md,png}`.
 """
 
 from __future__ import annotations
