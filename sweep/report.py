@@ -112,8 +112,8 @@ class StudyReport:
 
         Args:
             study: The study.
-            plots: Draw and upload the plots.
-            table: Upload trials.csv.
+            plots: Draw and upload the plots (trials.csv always goes with them).
+            table: Upload trials.csv (without plots, the only file written).
         """
         trials = study.get_trials(deepcopy=False)
         client = self.tracker.client
