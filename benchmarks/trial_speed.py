@@ -8,7 +8,10 @@ Runs, one after the other in fresh processes on the same machine:
   (`benchmarks.reference_pipeline`): a fresh process prepares the data and
   trains the reference configuration (cold), then trains it again on the same,
   now cached, datasets (warm: what KerasTuner or a hand-written Optuna loop
-  gets).
+  gets). Then, in the same process, issue 7's array-fed figure: the same model
+  fitted from the training set held as in-memory arrays, training only (the
+  floor the trainer's step is held to, measured here rather than taken from the
+  issue because this machine's speed varies from day to day).
 - sweep, compilation cache empty: a fresh process loads the data cache and
   trains the reference configuration as a worker does (`train.train` after
   `keras.backend.clear_session()`), `--trials` times.
@@ -19,8 +22,12 @@ Runs, one after the other in fresh processes on the same machine:
 For each: the process's wall time to the end of its first trial (cold), each
 later trial's wall time (steady state: their mean), seconds per epoch of
 training, per gradient step and per validation (medians), the time from process
-start to the first training step, and the final val top-100 accuracy. The
-targets of issue 7 are checked and the table is written to
+start to the first training step, and the final val top-100 accuracy. Each
+trial of a process is seeded apart (42, 43, ...: weights and, for the sweep,
+data order), and the accuracy is their mean: on one split, the reference
+configuration's final accuracy moves by more than 0.01 from seed to seed, so
+one seed against another cannot tell whether the two pipelines train the same
+model. The targets of issue 7 are checked and the table is written to
 `benchmarks/results/trial_speed.{json,md}`.
 """
 
@@ -35,6 +42,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).parent.parent
@@ -61,11 +70,13 @@ def _child(kind: str, trials: int, epochs: int) -> None:
         features = data.load("recbole", log=lambda line: None)
         train.enable_compilation_cache(data.sweep_home() / "jax-cache")
         prep = time.time() - started
-    config = train.TrainConfig(epochs=epochs)
     for trial in range(trials):
+        config = train.TrainConfig(epochs=epochs, seed=42 + trial)
         begin = time.perf_counter()
         if kind == "reference":
             timing = FitTiming(STEPS_PER_EPOCH, STEPS_PER_EPOCH, started)
+            # Weights only: the reference seeds its own shuffle and split.
+            keras.utils.set_random_seed(config.seed)
             model = pipeline.model()
             model.compile(optimizer=keras.optimizers.Adagrad(config.learning_rate))
             history = model.fit(
@@ -92,6 +103,31 @@ def _child(kind: str, trials: int, epochs: int) -> None:
             **timing.summary(),
         }
         print("BENCH " + json.dumps(line), flush=True)
+    if kind == "reference":
+        print("ARRAYS " + json.dumps(_array_fed(pipeline, config)), flush=True)
+
+
+def _array_fed(pipeline, config) -> dict:
+    """The reference model's step when `fit` is fed in-memory arrays."""
+    from benchmarks.timing import FitTiming
+    from sweep.backend import keras
+
+    batches = list(pipeline.train.as_numpy_iterator())
+    x = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
+    y = np.concatenate([b[1] for b in batches])
+    model = pipeline.model()
+    model.compile(optimizer=keras.optimizers.Adagrad(config.learning_rate))
+    timing = FitTiming(STEPS_PER_EPOCH, STEPS_PER_EPOCH, None)
+    model.fit(
+        x,
+        y,
+        batch_size=1000,
+        epochs=config.epochs,
+        shuffle=False,
+        callbacks=[timing],
+        verbose=0,
+    )
+    return timing.summary()
 
 
 def _run(kind: str, trials: int, epochs: int, env: dict) -> list[dict]:
@@ -111,6 +147,9 @@ def _run(kind: str, trials: int, epochs: int, env: dict) -> list[dict]:
         for line in proc.stdout.splitlines()
         if line.startswith("BENCH ")
     ]
+    for line in proc.stdout.splitlines():
+        if line.startswith("ARRAYS "):
+            lines[0]["array_fed"] = json.loads(line[7:])
     for line in lines:
         print(
             f"  {kind} trial {line['trial']}: {line['trial_seconds']:.2f} s", flush=True
@@ -120,6 +159,7 @@ def _run(kind: str, trials: int, epochs: int, env: dict) -> list[dict]:
 
 def _summary(name: str, lines: list[dict]) -> dict:
     first, later = lines[0], lines[1:]
+    accuracies = [line["final_val_top100_accuracy"] for line in lines]
     steady = later[-1] if later else first
     return {
         "name": name,
@@ -132,7 +172,10 @@ def _summary(name: str, lines: list[dict]) -> dict:
         "epoch_seconds": steady["epoch_seconds"],
         "step_ms": steady["step_ms"],
         "validation_seconds": steady["validation_seconds"],
-        "final_val_top100_accuracy": first["final_val_top100_accuracy"],
+        "array_fed_step_ms": first.get("array_fed", {}).get("step_ms"),
+        # The mean over the process's trials, each seeded apart.
+        "final_val_top100_accuracy": sum(accuracies) / len(accuracies),
+        "final_val_top100_range": [min(accuracies), max(accuracies)],
     }
 
 
@@ -144,14 +187,17 @@ def _table(rows: list[dict]) -> str:
     head = (
         "| pipeline | cold process to end of trial 1 (s) | start to first step (s) "
         "| steady trial (s) | epoch (s) | step (ms) | validation (s) "
-        "| final val top-100 |\n|---|---|---|---|---|---|---|---|\n"
+        "| final val top-100, mean of seeds (range) |\n"
+        "|---|---|---|---|---|---|---|---|\n"
     )
     return head + "".join(
         f"| {r['name']} | {_fmt(r['cold_process_seconds'], 1)} "
         f"| {_fmt(r['first_step_after_start_seconds'])} "
         f"| {_fmt(r['steady_trial_seconds'])} | {_fmt(r['epoch_seconds'], 3)} "
         f"| {_fmt(r['step_ms'])} | {_fmt(r['validation_seconds'], 3)} "
-        f"| {_fmt(r['final_val_top100_accuracy'], 4)} |\n"
+        f"| {_fmt(r['final_val_top100_accuracy'], 4)} "
+        f"({_fmt(r['final_val_top100_range'][0], 4)}-"
+        f"{_fmt(r['final_val_top100_range'][1], 4)}) |\n"
         for r in rows
     )
 
@@ -165,7 +211,7 @@ def _targets(reference: dict, cold: dict, warm: dict) -> list[tuple[str, bool, s
     checks.append(
         (
             "cold trial >= 5x faster than the reference's whole process, accuracy "
-            "within 0.01",
+            "within 0.01 (means over seeds)",
             ratio >= 5 and gap <= 0.01,
             f"{ratio:.1f}x, accuracy gap {gap:.4f}",
         )
@@ -179,9 +225,18 @@ def _targets(reference: dict, cold: dict, warm: dict) -> list[tuple[str, bool, s
             f"{reference['steady_trial_seconds']:.2f} s)",
         )
     )
+    floor = reference["array_fed_step_ms"]
     checks.append(
         (
-            "training step <= 1.5 x 1.1 ms",
+            "training step <= 1.5 x the array-fed step measured in this run",
+            warm["step_ms"] <= 1.5 * floor,
+            f"{warm['step_ms']:.2f} ms against {floor:.2f} ms: "
+            f"{warm['step_ms'] / floor:.2f}x",
+        )
+    )
+    checks.append(
+        (
+            "training step <= 1.5 x issue 7's 1.1 ms",
             warm["step_ms"] <= 1.65,
             f"{warm['step_ms']:.2f} ms",
         )
