@@ -140,16 +140,12 @@ def _read(folder: Path, start: float, pruner: str, workers: int, minutes: float)
     marks = {"0.33": THRESHOLD, str(HIGHER): HIGHER}
     if len(baselines) == BASELINES:
         marks["baselines"] = max(baselines)
-    curve, best = [], None
-    seconds, first = {}, {}  # mark -> when, and which trial, first beat it
+    curve, best = [], None  # (seconds, best so far, the trial that set it)
     for t in in_time:
         if best is None or t.value > best:
             best = t.value
-            at = t.datetime_complete.timestamp() - start
-            curve.append((at, best, t.number))
-            for name, mark in marks.items():
-                if best > mark and name not in first:
-                    seconds[name], first[name] = at, t.number
+            curve.append((t.datetime_complete.timestamp() - start, best, t.number))
+    passed = {name: _first_past(curve, mark) for name, mark in marks.items()}
     at = {
         m: max((v for s, v, _ in curve if s <= m * 60), default=None)
         for m in MARKS
@@ -168,8 +164,8 @@ def _read(folder: Path, start: float, pruner: str, workers: int, minutes: float)
         "seed": seed,
         "trials": states,
         "best_baseline": marks.get("baselines"),
-        **{f"seconds_to_beat_{name}": seconds.get(name) for name in marks},
-        **{f"trial_to_beat_{name}": first.get(name) for name in marks},
+        **{f"seconds_to_beat_{name}": at for name, (at, _) in passed.items()},
+        **{f"trial_to_beat_{name}": trial for name, (_, trial) in passed.items()},
         "best_at_minutes": at,
         "best": best,
         "curve": curve,
@@ -278,10 +274,8 @@ def _pruning(runs: list[dict]) -> str:
             ]
         for on in (r for r in pair if r["pruner"] != "off"):
             for name, mark in marks.items():
-                (when_on, trial_on), (when_off, trial_off) = (
-                    _first_past(on, mark),
-                    _first_past(off, mark),
-                )
+                when_on, trial_on = _first_past(on["curve"], mark)
+                when_off, trial_off = _first_past(off["curve"], mark)
                 if when_on is None or when_off is None:
                     continue
                 lines.append(
@@ -299,9 +293,9 @@ def _pruning(runs: list[dict]) -> str:
     )
 
 
-def _first_past(run: dict, mark: float) -> tuple[float | None, int | None]:
-    """When, and by which trial, a run's best-so-far first went past `mark`."""
-    return next(((s, n) for s, v, n in run["curve"] if v > mark), (None, None))
+def _first_past(curve: list, mark: float) -> tuple[float | None, int | None]:
+    """When, and by which trial, a best-so-far curve first went past `mark`."""
+    return next(((s, n) for s, v, n in curve if v > mark), (None, None))
 
 
 def _plot(runs: list[dict], path: Path) -> None:
