@@ -56,6 +56,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    from sweep import servers
+
+    try:
+        return servers.parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; expected seconds or a number with a "
+            "unit s, m or h, such as 90, 30s, 5m or 1h"
+        ) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Trains one configuration and prints its validations and the best one."""
     from sweep import data, train
@@ -196,6 +208,7 @@ def _worker_args(args, name: str, stores) -> list[str]:
     return [
         name, "--storage", stores.storage, "--tracking-uri", stores.tracking_uri,
         "--data-source", args.data_source, "--max-retries", str(args.max_retries),
+        "--server-wait", str(args.server_wait),
     ]  # fmt: skip
 
 
@@ -279,6 +292,18 @@ def _add_storage_argument(parser: argparse.ArgumentParser) -> None:
         "--storage",
         help="Optuna storage URL (default $SWEEP_STORAGE, else "
         "sqlite:///$SWEEP_HOME/optuna.db)",
+    )
+    _add_server_wait_argument(parser)
+
+
+def _add_server_wait_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server-wait",
+        type=_duration,
+        default=os.environ.get("SWEEP_SERVER_WAIT", "5m"),
+        help="how long to wait for a PostgreSQL or MLflow server that stopped "
+        "answering (restarting, say) before stopping, e.g. 90s, 5m "
+        "(default $SWEEP_SERVER_WAIT, else 5m)",
     )
 
 
@@ -431,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI of a models:/ URI's registry (default "
         "$MLFLOW_TRACKING_URI, else sqlite:///$SWEEP_HOME/mlflow.db)",
     )
+    _add_server_wait_argument(recommend)
     recommend.set_defaults(run=cmd_recommend)
 
     ui = verbs.add_parser("ui", help=cmd_ui.__doc__, description=cmd_ui.__doc__)
@@ -445,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
         "sqlite:///$SWEEP_HOME/mlflow.db)",
     )
+    _add_server_wait_argument(ui)
     ui.set_defaults(run=cmd_ui)
     return parser
 
@@ -455,8 +482,23 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("SWEEP_DEBUG") == "1"
     # SIGTERM (docker stop, kill) stops as cleanly as Ctrl-C does.
     interrupts.install()
+    from sweep import servers
+
+    if getattr(args, "server_wait", None) is not None:
+        servers.set_wait(args.server_wait)
     try:
         return args.run(args)
+    except servers.ServerUnavailable as e:
+        if debug:
+            traceback.print_exc()
+        then = ""
+        if args.verb in ("launch", "resume"):
+            then = (
+                "; the trial in flight is re-queued once it is back: continue "
+                "then with `sweep resume`"
+            )
+        print(f"sweep {args.verb}: error: {e}{then}", file=sys.stderr)
+        return servers.EXIT_CODE
     except SweepError as e:
         if debug:
             traceback.print_exc()

@@ -32,6 +32,11 @@ def _handle(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def requested() -> bool:
+    """Whether a stop was asked (whether or not it was raised)."""
+    return _requested is not None
+
+
 def check() -> None:
     """Raises KeyboardInterrupt if a stop was asked (even one already raised)."""
     if _requested is not None:

@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import time
 import warnings
@@ -29,15 +30,17 @@ from pathlib import Path
 import numpy as np
 import optuna
 import sqlalchemy.exc
+from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import config as config_module
-from sweep import interrupts, space, sqlite, train
+from sweep import interrupts, servers, space, sqlite, train
 from sweep.backend import keras
 from sweep.data import Features
 from sweep.errors import SweepError, TrialFailed
 from sweep.plotter import Plotter
 from sweep.report import StudyReport
+from sweep.storage import Storage
 from sweep.tracking import Tracker
 
 STUDY_FILE_ATTR = "sweep.study_file"
@@ -145,11 +148,32 @@ def resolve_stores(
 
 
 def open_tracker(stores: Stores) -> Tracker:
-    """The MLflow side, its store created (once, under a lock) if new."""
-    sqlite.use_wal(stores.tracking_uri)
-    with sqlite.setup_lock(stores.tracking_uri):
-        # MlflowClient creates (migrates) its store as it is constructed.
-        return Tracker(stores.tracking_uri, stores.artifact_root)
+    """The MLflow side, its store created (once, under a lock) if new.
+
+    Raises:
+        SweepError: The store cannot be used (e.g. a server refusing the
+            credentials, a file that is not a database).
+        servers.ServerUnavailable: The tracking server did not answer within
+            the server wait.
+    """
+    uri = stores.tracking_uri
+    try:
+        sqlite.use_wal(uri)
+        with sqlite.setup_lock(uri):
+            # MlflowClient creates (migrates) its store as it is constructed.
+            tracker = Tracker(uri, stores.artifact_root)
+        tracker.check()
+    except (MlflowException, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as e:
+        hint = (
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            if " 401 " in f" {e} " or "not authenticated" in str(e).lower()
+            else "check the URI, and that the server or file is an MLflow store"
+        )
+        raise SweepError(
+            f"cannot use the MLflow tracking store {servers.redact(uri)} "
+            f"({servers.one_line(e)[:300]}); {hint}"
+        ) from None
+    return tracker
 
 
 def open_storage(
@@ -167,14 +191,15 @@ def open_storage(
     """
     engine_kwargs = {}
     if url.startswith("sqlite"):
-        sqlite.use_wal(url)
         # Wait for a busy database instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
+    shown = servers.redact(url)
     try:
+        sqlite.use_wal(url)
         with sqlite.setup_lock(url):
             for attempt in range(3):
                 try:
-                    return optuna.storages.RDBStorage(
+                    return Storage(
                         url,
                         engine_kwargs=engine_kwargs,
                         heartbeat_interval=HEARTBEAT_SECONDS,
@@ -192,16 +217,29 @@ def open_storage(
                     time.sleep(1 + attempt)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
         raise SweepError(
-            f"storage {url!r} is not a database URL ({e}); expected e.g. "
-            "sqlite:///path/optuna.db or postgresql://user@host/db"
+            f"storage {shown!r} is not a database URL ({servers.one_line(e)}); "
+            "expected e.g. sqlite:///path/optuna.db or postgresql://user@host/db"
         ) from None
-    except sqlalchemy.exc.OperationalError as e:
+    except (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.DatabaseError,
+        sqlite3.DatabaseError,
+    ) as e:
         raise SweepError(
-            f"cannot open the Optuna storage {url!r} ({str(e.orig).strip()})"
+            f"cannot open the Optuna storage {shown!r} ({servers.one_line(e)}); "
+            "check the URL, its user and password, and that the file or "
+            "database is an Optuna storage"
+        ) from None
+    except RuntimeError as e:
+        # Optuna's schema check: the database holds another program's tables
+        # (e.g. MLflow's, whose alembic revision table has the same name).
+        raise SweepError(
+            f"the database {shown!r} is not an Optuna storage "
+            f"({servers.one_line(e)}); give Optuna a database of its own"
         ) from None
     except ImportError as e:
         raise SweepError(
-            f"storage {url!r} needs a database driver that is not installed ({e})"
+            f"storage {shown!r} needs a database driver that is not installed ({e})"
         ) from None
 
 
@@ -395,6 +433,11 @@ class Objective:
             reason = f"{type(e).__name__}: {e}"
             self._fail(trial, run, reason, close)
             raise TrialFailed(reason) from e
+        except servers.ServerUnavailable:
+            # Nothing is written to a server that is gone: the trial stays
+            # RUNNING, with its checkpoint, and is re-queued (its run KILLED)
+            # once the server is back, as a dead worker's trial is.
+            raise
         except BaseException as e:
             # Ctrl-C, SIGTERM: Optuna fails the trial; `run_trials` re-queues it.
             trial.set_user_attr(INTERRUPTED_ATTR, True)
@@ -574,8 +617,9 @@ def launch(
         if join:
             return resume(settings.name, stores, n_trials, study_file, max_retries)
         raise SweepError(
-            f"study {settings.name!r} already exists in {stores.storage}; continue "
-            f"it with `sweep resume {settings.name}`, or give the study file another "
+            f"study {settings.name!r} already exists in "
+            f"{servers.redact(stores.storage)}; continue it with "
+            f"`sweep resume {settings.name}`, or give the study file another "
             "[study] name"
         )
     experiment_id = tracker.experiment(settings.name, list(study_file.space))
@@ -639,8 +683,8 @@ def resume(
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
         raise SweepError(
-            f"no study {name!r} in {stores.storage} (studies there: {known}); "
-            "start it with `sweep launch STUDY_FILE`"
+            f"no study {name!r} in {servers.redact(stores.storage)} "
+            f"(studies there: {known}); start it with `sweep launch STUDY_FILE`"
         )
     stored = optuna.load_study(study_name=name, storage=storage)
     text = stored.user_attrs.get(STUDY_FILE_ATTR)
@@ -730,7 +774,8 @@ def open_study(stores: Stores, name: str) -> optuna.Study:
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
         raise SweepError(
-            f"no study {name!r} in {stores.storage} (studies there: {known})"
+            f"no study {name!r} in {servers.redact(stores.storage)} "
+            f"(studies there: {known})"
         )
     return optuna.load_study(study_name=name, storage=storage)
 
@@ -781,6 +826,9 @@ def run(
             plotter.stop(wait=False)
         report.refresh(study)
         status = "FINISHED"
+    except servers.ServerUnavailable:
+        status = "KILLED"
+        raise
     except KeyboardInterrupt:
         # A second Ctrl-C or SIGTERM must not cut the clean-up short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -911,9 +959,9 @@ def status_report(storage_url: str, name: str | None = None) -> str:
     if name is not None:
         summaries = [s for s in summaries if s.study_name == name]
         if not summaries:
-            raise SweepError(f"no study {name!r} in {storage_url}")
+            raise SweepError(f"no study {name!r} in {servers.redact(storage_url)}")
     if not summaries:
-        return f"no studies in {storage_url}"
+        return f"no studies in {servers.redact(storage_url)}"
     stale = getattr(storage, "_get_stale_trial_ids", lambda study_id: [])
     blocks = []
     for summary in summaries:

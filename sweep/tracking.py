@@ -15,6 +15,7 @@ and one whose write failed is made again synchronously.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from sweep import servers
 from sweep.errors import SweepError
 
 # The MLflow UI opens an experiment in its GenAI view unless it is marked as
@@ -48,6 +50,22 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 # MLflow's SQLite store runs alembic migrations on first use and logs each one.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+# A tracking server's restart is waited for by `RetryingClient`, within the
+# server wait; MLflow's own retries (seven, over about four minutes) would
+# stretch every wait past it. Its per-run "View run ... at" lines would bury the
+# sweep's own line per trial (the run is in the UI and in `sweep status`).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+# A batch that MLflow's async logging could not write is logged by MLflow as
+# an ERROR; `TrialRun` checks every batch and sends a failed one again, so the
+# line would only alarm.
+logging.getLogger("mlflow.utils.async_logging.async_logging_queue").setLevel(
+    logging.CRITICAL
+)
 
 # MLflow's async logging thread otherwise blocks up to 1 s in a queue read, and
 # ending a run joins that thread. With buffering it waits on the stop event
@@ -81,23 +99,33 @@ def _now_ms() -> int:
 
 
 class RetryingClient:
-    """An `MlflowClient` whose calls retry (a bounded number of times) on a lock.
+    """An `MlflowClient` whose calls wait for a busy store or a restarting server.
 
-    Another worker may hold a SQLite store's write lock, and MLflow's SQLite
-    store waits only SQLite's default 5 s for it. MLflow's REST client already
-    retries HTTP errors itself, so only locks are retried here. A locked write
-    was rolled back, so retrying it cannot write twice.
+    Against a tracking server, a call that fails for a reason that passes (the
+    server restarting: refused or cut connections, HTTP 5xx) is made again for
+    up to the server wait (`sweep.servers`); MLflow's own HTTP retries are kept
+    short so that the server wait is what decides. On a SQLite store another
+    worker may hold the write lock, and MLflow's SQLite store waits only
+    SQLite's default 5 s for it; a locked write is retried a bounded number of
+    times. A locked write was rolled back, so retrying it cannot write twice.
+
+    Args:
+        client: The client.
+        server: The tracking server, or None for a local store.
     """
 
     ATTEMPTS = 6
 
-    def __init__(self, client: MlflowClient):
+    def __init__(self, client: MlflowClient, server: servers.Server | None = None):
         self._client = client
+        self._server = server
 
     def __getattr__(self, name: str):
         attribute = getattr(self._client, name)
         if not callable(attribute):
             return attribute
+        if self._server is not None:
+            return functools.partial(self._server.call, attribute)
 
         def call(*args, **kwargs):
             for attempt in range(self.ATTEMPTS):
@@ -112,6 +140,11 @@ class RetryingClient:
                     time.sleep(0.2 * 2**attempt)
 
         return call
+
+
+def is_server(tracking_uri: str) -> bool:
+    """Whether the tracking URI is a tracking server's (not a local store)."""
+    return tracking_uri.startswith(("http://", "https://"))
 
 
 def runs_view(params: list[str]) -> str:
@@ -144,7 +177,14 @@ class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
-        self.client = RetryingClient(MlflowClient(tracking_uri))
+        server = None
+        if is_server(tracking_uri):
+            server = servers.Server(f"the MLflow tracking server {tracking_uri}")
+        self.client = RetryingClient(MlflowClient(tracking_uri), server)
+
+    def check(self) -> None:
+        """One request, so that a store that cannot be used is told at once."""
+        self.client.search_experiments(max_results=1)
 
     def experiment(self, name: str, params: list[str]) -> str:
         """The id of the study's experiment, created (model development) if new.

@@ -43,13 +43,23 @@ class Server:
         self.run(
             str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "sweep"
         )
+        self.serve()
+        return self.create_database("sweep")
+
+    def serve(self) -> None:
+        """Starts the server on the cluster (again, after `halt`)."""
         self.run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l",
             str(self.dir / "log"), "-o",
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1",
             "start",
         )  # fmt: skip
-        return self.create_database("sweep")
+
+    def halt(self) -> None:
+        """Stops the server as an administrator's restart does (`-m fast`: open
+        connections are terminated); `serve` starts it again."""
+        self.run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast",
+                 "stop")  # fmt: skip
 
     def create_database(self, name: str) -> str:
         """Creates a database; returns its URL."""

@@ -1,0 +1,130 @@
+"""Waiting for a restarting server: which errors are waited for, and how long.
+
+The errors are real ones: a PostgreSQL server stopped and started again, a
+port where nothing listens, a SQLite file that is not a database.
+"""
+
+import sqlite3
+import threading
+import time
+
+import mlflow
+import optuna
+import pytest
+import requests
+import sqlalchemy
+
+from sweep import servers, storage
+from sweep import study as study_module
+from tests import postgres
+
+
+@pytest.fixture(scope="module")
+def database():
+    if postgres.binaries() is None:
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
+    server = postgres.Server()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def error_of(call):
+    try:
+        call()
+    except Exception as e:
+        return e
+    raise AssertionError("no error")
+
+
+def test_transient_and_permanent_errors(database, tmp_path, monkeypatch):
+    nobody = f"postgresql://sweep@127.0.0.1:{postgres.free_port()}/sweep"
+    refused = error_of(lambda: sqlalchemy.create_engine(nobody).connect())
+    assert servers.is_transient(refused)
+    missing = f"postgresql://sweep@127.0.0.1:{database.port}/no_such_db"
+    assert not servers.is_transient(
+        error_of(lambda: sqlalchemy.create_engine(missing).connect())
+    )
+    # MLflow's client, against a port where nothing listens.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    client = mlflow.MlflowClient(f"http://127.0.0.1:{postgres.free_port()}")
+    assert servers.is_transient(error_of(client.search_experiments))
+    # A file is never a server to wait for.
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"not a database" * 100)
+    assert not servers.is_transient(
+        error_of(lambda: sqlite3.connect(bad).execute("select * from sqlite_master"))
+    )
+    assert not servers.is_transient(ValueError("connection refused"))
+
+
+def test_a_call_waits_for_the_server_then_gives_up_at_once(capfd):
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise requests.exceptions.ConnectionError("Connection refused")
+        return "ok"
+
+    server = servers.Server("the test server", wait=30)
+    assert server.call(flaky) == "ok"
+    assert len(calls) == 3
+    err = capfd.readouterr().err
+    assert err.count("the test server stopped answering") == 1
+    assert "the test server is back after" in err
+
+    short = servers.Server("the short server", wait=0.5)
+    with pytest.raises(servers.ServerUnavailable) as gone:
+        short.call(always_refused)
+    assert "the short server has not answered since" in str(gone.value)
+    start = time.monotonic()
+    with pytest.raises(servers.ServerUnavailable):
+        short.call(lambda: "never called")
+    assert time.monotonic() - start < 0.1
+
+
+def always_refused():
+    raise requests.exceptions.ConnectionError("Connection refused")
+
+
+def test_storage_rides_out_a_postgres_restart(database):
+    url = database.create_database("restart")
+    opened = study_module.open_storage(url)
+    study = optuna.create_study(study_name="s", storage=opened)
+    trial = study.ask()
+    opened.record_heartbeat(trial._trial_id)
+
+    database.halt()
+    # Down: a beat does not raise (Optuna's heartbeat thread would die).
+    opened.record_heartbeat(trial._trial_id)
+    back = threading.Timer(3, database.serve)
+    back.start()
+    try:
+        # A write made while the server is down goes through once it is back.
+        trial.report(0.5, 1)
+    finally:
+        back.join()
+    assert study.trials[0].intermediate_values == {1: 0.5}
+    # Just back: nobody's trial is taken for dead while the beats catch up.
+    assert opened._get_stale_trial_ids(study._study_id) == []
+
+
+def test_durations_and_redacted_urls():
+    assert servers.parse_duration("90") == 90
+    assert servers.parse_duration("30s") == 30
+    assert servers.parse_duration("5m") == 300
+    assert servers.parse_duration("2h") == 7200
+    for bad in ("5x", "", "-3", "m"):
+        with pytest.raises(ValueError):
+            servers.parse_duration(bad)
+    assert (
+        servers.redact("postgresql://worker:s3cret@db:5432/optuna")
+        == "postgresql://worker:***@db:5432/optuna"
+    )
+    assert servers.redact("sqlite:////tmp/optuna.db") == "sqlite:////tmp/optuna.db"
+    assert storage.server_name("postgresql://u:p@h/d") == (
+        "the Optuna storage postgresql://u:***@h/d"
+    )
