@@ -211,13 +211,15 @@ def stack(tmp_path_factory):
     """PostgreSQL, its init script, the MLflow server and mlflow-init, as shipped."""
     skip_without_postgres()
     dotenv = env_example()
-    tmp = tmp_path_factory.mktemp("stack")
-    local = Local(postgres.free_port(), postgres.free_port(), tmp)
-    _, env = local.process("postgres", dotenv)
+    settings = {
+        k: interpolate(v, dotenv)
+        for k, v in compose()["services"]["postgres"]["environment"].items()
+    }
     # The cluster the postgres image makes from its settings.
-    assert env["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
-    server = postgres.Server(env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
-    local.postgres_port = server.port
+    assert settings["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    server = postgres.Server(settings["POSTGRES_USER"], settings["POSTGRES_PASSWORD"])
+    tmp = tmp_path_factory.mktemp("stack")
+    local = Local(server.port, postgres.free_port(), tmp)
     mlflow_proc = None
     try:
         server.start()
@@ -225,7 +227,7 @@ def stack(tmp_path_factory):
         # server, PGPASSWORD set to the superuser's; that server is here.
         _, env = local.process("postgres", dotenv, PGHOST="127.0.0.1",
                                PGPORT=str(server.port),
-                               PGPASSWORD=env["POSTGRES_PASSWORD"])  # fmt: skip
+                               PGPASSWORD=settings["POSTGRES_PASSWORD"])  # fmt: skip
         paths = local.volumes("postgres", compose()["services"]["postgres"])
         (script,) = (v for k, v in paths.items() if "docker-entrypoint-initdb.d" in k)
         init = subprocess.run(["/bin/sh", script], env=env, capture_output=True,
