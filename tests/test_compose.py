@@ -37,8 +37,8 @@ def test_optuna_and_mlflow_keep_separate_databases():
     for database in ("optuna", "mlflow", "mlflow_auth"):
         assert f"CREATE DATABASE {database} " in init
     # Both keep an `alembic_version` table: one database each.
-    assert "@postgres:5432/optuna" in command(services["worker"])
-    assert "@postgres:5432/optuna" in command(services["optuna-dashboard"])
+    assert "postgresql://postgres:5432/optuna" in command(services["worker"])
+    assert "postgresql://postgres:5432/optuna" in command(services["optuna-dashboard"])
     assert "--backend-store-uri postgresql://postgres:5432/mlflow " in (
         command(services["mlflow"]) + " "
     )
@@ -72,9 +72,12 @@ def test_worker_joins_the_study_with_its_own_credentials():
     worker = services["worker"]
     text = command(worker)
     assert "sweep launch --join" in text
-    assert "--storage postgresql://$${WORKER_DB_USER}:$${WORKER_DB_PASSWORD}@" in text
     assert "--tracking-uri http://mlflow:5000" in text
     env = worker["environment"]
+    # PostgreSQL's role and password reach libpq through its own variables.
+    assert "--storage postgresql://postgres:5432/optuna" in text
+    assert env["PGUSER"] == "${WORKER_DB_USER:?set in .env}"
+    assert env["PGPASSWORD"] == "${WORKER_DB_PASSWORD:?set in .env}"
     assert env["MLFLOW_TRACKING_USERNAME"] == "${MLFLOW_WORKER_USERNAME:?set in .env}"
     assert env["MLFLOW_TRACKING_PASSWORD"] == "${MLFLOW_WORKER_PASSWORD:?set in .env}"
     # The MLflow user exists before any worker starts.
@@ -104,7 +107,7 @@ def test_credentials_come_from_the_env_file_only():
     example = (REPO / ".env.example").read_text()
     for name, service in compose()["services"].items():
         for key, value in service.get("environment", {}).items():
-            if re.search("PASSWORD|USER|SECRET", key):
+            if re.search("PASSWORD|USER|SECRET", key) or key.startswith("PG"):
                 # Interpolated from .env, and compose stops if .env lacks it.
                 variable = re.fullmatch(r"\$\{(\w+):\?set in \.env\}", value)
                 assert variable, f"{name}: {key}={value}"
