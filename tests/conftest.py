@@ -1,11 +1,15 @@
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 import sweep  # noqa: F401  (sets KERAS_BACKEND before any test imports keras)
 from sweep import data, movielens
-from tests import synthetic
+from tests import postgres, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,3 +65,68 @@ def real_features(real_home):
 @pytest.fixture(scope="session")
 def real_records(real_home, real_features):
     return movielens.read_recbole(movielens.fetch_recbole(real_home / "downloads"))
+
+
+def wait_for_health(url: str, proc: subprocess.Popen, log: Path | None = None,
+                    seconds: float = 120) -> None:  # fmt: skip
+    """Waits until an MLflow server at `url` answers /health, or fails."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            output = log.read_text() if log else proc.stderr.read()
+            pytest.fail(f"mlflow server exited {proc.returncode}: {output[-3000:]}")
+        assert time.monotonic() < deadline, f"mlflow server did not start at {url}"
+        time.sleep(0.5)
+
+
+def skip_without_postgres():
+    if postgres.binaries() is None:
+        pytest.skip(
+            "PostgreSQL is not installed (Debian package postgresql; "
+            "scripts/test.sh installs it where apt-get is available)"
+        )
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A throwaway PostgreSQL cluster on loopback (trust auth)."""
+    skip_without_postgres()
+    server = postgres.Server()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres_server):
+    return f"postgresql://sweep@127.0.0.1:{postgres_server.port}/sweep"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres_server, tmp_path_factory):
+    """A real `mlflow server`: runs in PostgreSQL, artifacts served by it."""
+    store = postgres_server.create_database("mlflow")
+    artifacts = tmp_path_factory.mktemp("mlartifacts")
+    port = postgres.free_port()
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen(
+        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", store, "--serve-artifacts",
+         "--artifacts-destination", str(artifacts)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -24,9 +24,17 @@ def binaries() -> Path | None:
 
 
 class Server:
-    """Starts a throwaway cluster (trust auth, loopback only) and stops it."""
+    """Starts a throwaway cluster (loopback only) and stops it.
 
-    def __init__(self):
+    By default every connection is trusted and the superuser is `sweep`. With a
+    `password` the cluster is set up as the postgres image sets up its own: the
+    superuser `user` has that password, TCP connections must prove theirs with
+    scram-sha-256 and only the server's own socket is trusted.
+    """
+
+    def __init__(self, user: str = "sweep", password: str | None = None):
+        self.user = user
+        self.password = password
         self.bin = binaries()
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="sweep-pg-"))
@@ -35,14 +43,22 @@ class Server:
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     def run(self, *args: str) -> None:
-        subprocess.run([*self.as_user, *args], check=True, capture_output=True)
+        env = {**os.environ, "PGPASSWORD": self.password} if self.password else None
+        subprocess.run([*self.as_user, *args], check=True, capture_output=True, env=env)
 
     def start(self) -> str:
         if self.as_user:
             shutil.chown(self.dir, "postgres")
-        self.run(
-            str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "sweep"
-        )
+        if self.password is None:
+            auth = ["-A", "trust"]
+        else:
+            pwfile = self.dir / "pwfile"
+            pwfile.write_text(self.password + "\n")
+            if self.as_user:
+                shutil.chown(pwfile, "postgres")
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}"]  # fmt: skip
+        self.run(str(self.bin / "initdb"), "-D", str(self.data), *auth, "-U", self.user)
         self.serve()
         return self.create_database("sweep")
 
@@ -65,9 +81,10 @@ class Server:
         """Creates a database; returns its URL."""
         self.run(
             str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-            "-U", "sweep", name,
+            "-U", self.user, name,
         )  # fmt: skip
-        return f"postgresql://sweep@127.0.0.1:{self.port}/{name}"
+        secret = f":{self.password}" if self.password else ""
+        return f"postgresql://{self.user}{secret}@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
         subprocess.run(
