@@ -115,6 +115,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     study_file = config.load_study(args.study_file)
     home = data.sweep_home()
     stores = study.resolve_stores(home, args.storage, args.tracking_uri)
+    # Servers that cannot be reached are told before the data is built.
+    study.check_servers(stores)
     features = data.load(args.data_source, home=home, log=print)
     session = study.launch(
         study_file, stores, args.n_trials, join=args.join, max_retries=args.max_retries
@@ -158,7 +160,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _run(args, session, stores, features, home) -> int:
-    from sweep import study, train, workers
+    from sweep import servers, study, train, workers
 
     name = session.study.study_name
     if args.workers > 1:
@@ -177,6 +179,12 @@ def _run(args, session, stores, features, home) -> int:
                 progress=args.worker_index == 0,
                 max_retries=args.max_retries,
             )
+        except servers.ServerUnavailable as e:
+            e.then = (
+                "; the trial in flight is re-queued once it is back: continue "
+                f"then with `sweep resume {name}`"
+            )
+            raise
         except KeyboardInterrupt:
             print(
                 f"interrupted: the trial in flight is re-queued; continue with "
@@ -491,12 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     except servers.ServerUnavailable as e:
         if debug:
             traceback.print_exc()
-        then = ""
-        if args.verb in ("launch", "resume"):
-            then = (
-                "; the trial in flight is re-queued once it is back: continue "
-                "then with `sweep resume`"
-            )
+        then = getattr(e, "then", "")
         print(f"sweep {args.verb}: error: {e}{then}", file=sys.stderr)
         return servers.EXIT_CODE
     except SweepError as e:

@@ -169,7 +169,7 @@ def main() -> None:
 
     from sweep.report import upload_files
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         study = optuna.load_study(
             study_name=settings["study"], storage=settings["storage"]

@@ -53,6 +53,7 @@ _PERMANENT = re.compile(
 # connections.
 _TRANSIENT_SQLSTATE = re.compile(r"08...|57P0[123]|53300")
 _HTTP_STATUS = re.compile(r"error code (\d{3}) != 200")
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 
 class ServerUnavailable(BaseException):  # noqa: N818 (a stop, like KeyboardInterrupt)
@@ -100,6 +101,11 @@ def one_line(error: BaseException) -> str:
     """
     told = error
     for e in _chain(error):
+        # requests and urllib3 bury the reason ("[Errno 111] Connection
+        # refused") in the repr of a chain of their own errors.
+        errno = _ERRNO.search(str(e))
+        if errno:
+            return errno.group(1).strip()
         if type(e).__module__.startswith(("psycopg", "sqlite3", "requests")):
             told = e
             break
@@ -168,8 +174,19 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def is_refused_sign_in(error: BaseException) -> bool:
+    """Whether an MLflow server refused the request's user (HTTP 401)."""
+    status = _HTTP_STATUS.search(str(error))
+    return bool(status) and status.group(1) == "401"
+
+
 class Server:
     """One server a worker talks to, and the state of its current outage.
+
+    A server that accepted this worker's user once and then refuses it (HTTP
+    401) is taken to be unable to check it, as MLflow's basic-auth app is while
+    its own database restarts, and is waited for like any outage; a password
+    changed on the server meanwhile stops the worker after the wait.
 
     Args:
         name: How messages name it, e.g. "the Optuna storage at postgresql://...".
@@ -183,6 +200,7 @@ class Server:
         self._down_since: float | None = None
         self._back_at: float | None = None
         self._gave_up: ServerUnavailable | None = None
+        self._signed_in = False
 
     def call(self, function: Callable[..., T], *args, **kwargs) -> T:
         """Calls `function`, again with backoff while its error is transient.
@@ -198,7 +216,7 @@ class Server:
             try:
                 result = function(*args, **kwargs)
             except Exception as e:
-                if not is_transient(e):
+                if not (is_transient(e) or (self._signed_in and is_refused_sign_in(e))):
                     raise
                 since = self.failed(e)
                 down_for = time.time() - since
@@ -234,6 +252,7 @@ class Server:
 
     def answered(self) -> None:
         """Records a call that went through; ends an outage, saying so."""
+        self._signed_in = True
         if self._down_since is None:
             return
         with self._lock:

@@ -79,6 +79,11 @@ class Storage(RDBStorage):
     get_trial = _waits(RDBStorage.get_trial)
     get_all_trials = _waits(RDBStorage.get_all_trials)
     get_best_trial = _waits(RDBStorage.get_best_trial)
+    # Optuna's cache in front of the storage (`_CachedStorage`) calls these.
+    _create_new_trial = _waits(RDBStorage._create_new_trial)
+    _set_trial_param = _waits(RDBStorage._set_trial_param)
+    _get_trials = _waits(RDBStorage._get_trials)
+    _get_best_trial_id = _waits(RDBStorage._get_best_trial_id)
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values=None
@@ -121,3 +126,14 @@ class Storage(RDBStorage):
         if self.server.unsettled(settle):
             return []
         return self.server.call(super()._get_stale_trial_ids, study_id)
+
+
+def unsettled(study: optuna.Study, seconds: float) -> bool:
+    """Whether the study's database server is away or came back < `seconds` ago.
+
+    Optuna puts its cache (`_CachedStorage`) in front of the storage a study
+    is given; the `Storage` is behind it.
+    """
+    backend = getattr(study._storage, "_backend", study._storage)  # noqa: SLF001
+    server = getattr(backend, "server", None)
+    return server is not None and server.unsettled(seconds)

@@ -14,6 +14,7 @@ goes on; a `SweepError` (the user's mistake, true for every trial) stops it.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -35,13 +36,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import config as config_module
 from sweep import interrupts, servers, space, sqlite, train
+from sweep import storage as storage_module
 from sweep.backend import keras
 from sweep.data import Features
 from sweep.errors import SweepError, TrialFailed
 from sweep.plotter import Plotter
 from sweep.report import StudyReport
 from sweep.storage import Storage
-from sweep.tracking import Tracker
+from sweep.tracking import Tracker, is_server
 
 STUDY_FILE_ATTR = "sweep.study_file"
 TARGET_ATTR = "n_trials"
@@ -68,6 +70,9 @@ MAX_CONSECUTIVE_FAILURES = 10
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 HEARTBEAT_SECONDS = 5
 GRACE_SECONDS = 30
+# A RUNNING trial that no worker has named itself on after this long was never
+# taken up (twice the grace: the workers' clocks may differ a little).
+UNCLAIMED_SECONDS = 2 * GRACE_SECONDS
 DEFAULT_MAX_RETRIES = 3
 
 
@@ -174,6 +179,19 @@ def open_tracker(stores: Stores) -> Tracker:
             f"({servers.one_line(e)[:300]}); {hint}"
         ) from None
     return tracker
+
+
+def check_servers(stores: Stores) -> None:
+    """Opens the stores that are servers (not files): one that fails is told now.
+
+    Raises:
+        SweepError: A server refused (e.g. a wrong password).
+        servers.ServerUnavailable: A server did not answer within the wait.
+    """
+    if is_server(stores.tracking_uri):
+        open_tracker(stores)
+    if sqlite.path_of(stores.storage) is None:
+        open_storage(stores.storage)
 
 
 def open_storage(
@@ -328,6 +346,9 @@ class Objective:
             # is re-queued like any trial a stop cut short (`requeue_interrupted`).
             trial.set_user_attr(INTERRUPTED_ATTR, True)
             raise
+        # First of all: a RUNNING trial without it was never taken up by a
+        # worker (`fail_unclaimed_trials`).
+        trial.set_user_attr(WORKER_ATTR, worker_identity())
         config = space.suggest(trial, self.study)
         # One read of the study serves both: a live Trial no longer exposes its
         # system attrs (where Optuna keeps the retry history); its frozen copy does.
@@ -348,7 +369,6 @@ class Objective:
             tags,
         )
         trial.set_user_attr(RUN_ID_ATTR, run.run_id)
-        trial.set_user_attr(WORKER_ATTR, worker_identity())
         resumed = (
             self._checkpoint_of(frozen, previous_run) if retry_of is not None else None
         )
@@ -609,8 +629,10 @@ def launch(
             file), or a store cannot be used.
     """
     settings = study_file.study
-    # Optuna announces each new study at INFO; the CLI says what it launches.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna announces each new study at INFO (the CLI says what it launches),
+    # and warns of a query it retries another way when the database is away
+    # (`Storage` says so once).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     tracker = open_tracker(stores)
     storage = open_storage(stores.storage, tracker, max_retries)
     if settings.name in _study_names(storage):
@@ -676,7 +698,7 @@ def resume(
     Raises:
         SweepError: No such study, or `study_file` differs from the stored one.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     tracker = open_tracker(stores)
     storage = open_storage(stores.storage, tracker, max_retries)
     names = _study_names(storage)
@@ -739,6 +761,50 @@ def fail_orphaned_trials(
     return failed
 
 
+def fail_unclaimed_trials(
+    study: optuna.Study, tracker: Tracker, max_retries: int = DEFAULT_MAX_RETRIES
+) -> list[int]:
+    """Fails RUNNING trials that no worker took up; re-queues those with params.
+
+    A worker names itself on its trial (`WORKER_ATTR`) as soon as Optuna made
+    it. A trial still without a name long after it started is one whose
+    creation (or taking from the queue) was committed by a database that then
+    dropped the connection before saying so: its worker, told it failed,
+    went on with another. Left RUNNING it would hold a place of the target for
+    ever (it has no heartbeat to go stale).
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    if storage_module.unsettled(study, UNCLAIMED_SECONDS):
+        return []  # the worker may be waiting for the server to name itself
+    now = datetime.datetime.now()
+    failed = []
+    retry = RetryStaleTrial(tracker, max_retries)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = trial.datetime_start
+        if (
+            WORKER_ATTR in trial.user_attrs
+            or started is None
+            or (now - started).total_seconds() < UNCLAIMED_SECONDS
+        ):
+            continue
+        storage = study._storage  # noqa: SLF001
+        try:
+            storage.set_trial_user_attr(
+                trial._trial_id,  # noqa: SLF001
+                "fail_reason",
+                "no worker took it up (its creation was cut off)",
+            )
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        failed.append(trial.number)
+        if trial.params:  # a queued configuration (baseline, retry): run it again
+            retry(study, storage.get_trial(trial._trial_id))  # noqa: SLF001
+    return failed
+
+
 def requeue_interrupted(
     study: optuna.Study, tracker: Tracker, max_retries: int
 ) -> None:
@@ -761,7 +827,7 @@ def open_study(stores: Stores, name: str) -> optuna.Study:
     Raises:
         SweepError: The store or the study does not exist.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     path = sqlite.path_of(stores.storage)
     if path is not None and not path.is_file():
         raise SweepError(
@@ -881,6 +947,7 @@ def run_trials(
                 # Others are finishing the last trials; a dead one's heartbeat
                 # goes stale and this frees its place.
                 optuna.storages.fail_stale_trials(study)
+                fail_unclaimed_trials(study, objective.tracker)
                 time.sleep(1)
                 continue
             study.optimize(

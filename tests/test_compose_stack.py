@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ sampler = "random"
 pruner = "none"
 
 [training]
-epochs = 2
+epochs = 6
 validation_freq = 1
 batch_size = 100
 
@@ -175,12 +176,39 @@ def get(url: str, auth: tuple[str, str] | None = None, host: str | None = None):
         return e.code, e.read().decode()
 
 
+class MlflowService:
+    """The mlflow service's command as a local process, that can be restarted."""
+
+    def __init__(self, local: Local, dotenv: dict[str, str], log: Path):
+        self.argv, self.env = local.process("mlflow", dotenv)
+        self.url = f"http://127.0.0.1:{local.mlflow_port}"
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "a") as output:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=output,
+                                         stderr=subprocess.STDOUT)  # fmt: skip
+        wait_for_health(self.url, self.proc, self.log, seconds=180)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+
 @dataclass
 class Stack:
     local: Local
     dotenv: dict[str, str]
     mlflow_url: str
     artifacts: Path
+    database: postgres.Server
+    mlflow: MlflowService
 
     @property
     def worker_storage(self) -> str:
@@ -220,7 +248,7 @@ def stack(tmp_path_factory):
     server = postgres.Server(settings["POSTGRES_USER"], settings["POSTGRES_PASSWORD"])
     tmp = tmp_path_factory.mktemp("stack")
     local = Local(server.port, postgres.free_port(), tmp)
-    mlflow_proc = None
+    service = MlflowService(local, dotenv, tmp / "mlflow.log")
     try:
         server.start()
         # The image runs its init scripts with psql against its temporary
@@ -234,22 +262,16 @@ def stack(tmp_path_factory):
                               text=True, timeout=60)  # fmt: skip
         assert init.returncode == 0, init.stderr
 
-        argv, env = local.process("mlflow", dotenv)
-        log = tmp / "mlflow.log"
-        with open(log, "w") as output:
-            mlflow_proc = subprocess.Popen(argv, env=env, stdout=output,
-                                           stderr=subprocess.STDOUT)  # fmt: skip
-        url = f"http://127.0.0.1:{local.mlflow_port}"
-        wait_for_health(url, mlflow_proc, log, seconds=180)
-        artifacts = Path(re.search(r"--artifacts-destination (\S+)", argv[-1])[1])
+        service.start()
+        artifacts = Path(
+            re.search(r"--artifacts-destination (\S+)", service.argv[-1])[1]
+        )
         # Once per `docker compose up`: the second finds the user and re-sets it.
         for _ in range(2):
             run_service(local, "mlflow-init", dotenv)
-        yield Stack(local, dotenv, url, artifacts)
+        yield Stack(local, dotenv, service.url, artifacts, server, service)
     finally:
-        if mlflow_proc is not None:
-            mlflow_proc.terminate()
-            mlflow_proc.wait(30)
+        service.stop()
         server.stop()
 
 
@@ -292,7 +314,32 @@ def test_mlflow_refuses_requests_without_a_user(stack):
     assert get(users, worker)[0] == 403
 
 
-def test_two_workers_share_the_study_exactly(stack, tmp_path, monkeypatch):
+def in_flight(storage: str) -> set[int]:
+    """The numbers of the study's RUNNING trials (none before it exists)."""
+    try:
+        study = optuna.load_study(study_name="stack", storage=storage)
+    except KeyError:
+        return set()
+    return {t.number for t in study.get_trials(deepcopy=False)
+            if t.state.name == "RUNNING"}  # fmt: skip
+
+
+def wait_for(condition, what: str, procs, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for proc in procs:
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                pytest.fail(f"a worker ended before {what}: {out}{err}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_two_workers_share_the_study_exactly_across_server_restarts(
+    stack, tmp_path, monkeypatch
+):
+    """Two workers, as compose starts them; PostgreSQL is restarted while a
+    trial is in flight, then the MLflow server while a later one is."""
     data = synthetic.write_grouplens(tmp_path / "ml")
     path = tmp_path / "stack.toml"
     path.write_text(STUDY)
@@ -307,14 +354,40 @@ def test_two_workers_share_the_study_exactly(stack, tmp_path, monkeypatch):
         env["SWEEP_HOME"] = str(tmp_path / f"worker{i}")
         procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))  # fmt: skip
-    outputs = [proc.communicate(timeout=600) for proc in procs]
+    try:
+        wait_for(lambda: in_flight(stack.worker_storage), "a trial", procs)
+        first = in_flight(stack.worker_storage)
+        stack.database.halt()
+        time.sleep(3)
+        stack.database.serve()
+        wait_for(lambda: in_flight(stack.worker_storage) - first, "a next trial",
+                 procs)  # fmt: skip
+        stack.mlflow.stop()
+        time.sleep(3)
+        stack.mlflow.start()
+        outputs = [proc.communicate(timeout=600) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out + err
+        # Not a traceback, and no dead thread (Optuna's heartbeat).
+        assert "Traceback" not in err and "Exception in thread" not in err, err
+    logs = "".join(err for _, err in outputs)
+    # The outages reached the workers, which waited them out: without these
+    # lines the restarts fell between two calls and tested nothing.
+    assert re.search(r"the Optuna storage \S+ stopped answering", logs), logs
+    assert re.search(r"the Optuna storage \S+ is back after", logs), logs
+    assert re.search(r"the MLflow tracking server \S+ is back after", logs), logs
 
     study = optuna.load_study(study_name="stack", storage=stack.worker_storage)
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == N_TRIALS
     assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    # No trial failed by an outage (a surplus trial, dropped before training
+    # when another worker reached the target first, is the only failure).
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert all(t.user_attrs.get("sweep.surplus") for t in failed), failed
     pids = {t.user_attrs["sweep.worker"]["pid"] for t in finished}
     assert len(pids) == 2, "both workers should have run trials"
 
@@ -328,8 +401,14 @@ def test_two_workers_share_the_study_exactly(stack, tmp_path, monkeypatch):
     per_trial = collections.Counter(
         r.data.tags["optuna.trial_number"] for r in runs if r.info.status == "FINISHED"
     )
-    # No trial evaluated twice: one FINISHED run per finished trial, no more.
+    # No trial evaluated twice: one FINISHED run per finished trial, no more,
+    # and none left RUNNING.
     assert per_trial == collections.Counter(str(t.number) for t in finished)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    # Every epoch of every trial reached MLflow, once.
+    for trial in finished:
+        losses = client.get_metric_history(trial.user_attrs[RUN_ID_ATTR], "loss")
+        assert sorted(m.step for m in losses) == list(range(1, 7)), trial.number
     # The server stores the artifacts in its volume and serves them back.
     run_id = next(t for t in finished if t.state.name == "COMPLETE").user_attrs[
         RUN_ID_ATTR

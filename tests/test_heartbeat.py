@@ -66,3 +66,32 @@ def test_fail_orphaned_trials_leaves_live_and_remote_workers_alone(tmp_path):
     remote.set_user_attr(WORKER_ATTR, {"host": "another-machine", "pid": 999999})
     assert study_module.fail_orphaned_trials(study, tracker) == []
     assert {t.state.name for t in study.get_trials()} == {"RUNNING"}
+
+
+def test_trials_no_worker_took_up_are_failed_and_queued_again(tmp_path):
+    stores = study_module.resolve_stores(tmp_path)
+    tracker = study_module.open_tracker(stores)
+    storage = study_module.open_storage(stores.storage, tracker)
+    study = optuna.create_study(study_name="u", storage=storage)
+    # A queued configuration taken from the queue, and a sampled trial, whose
+    # commits reached the database but not their workers; a trial a worker
+    # claimed; one made just now.
+    study.enqueue_trial({"depth": 2})
+    depth = {"depth": optuna.distributions.IntDistribution(1, 3)}
+    queued = study.ask(depth)
+    sampled = study.ask()
+    claimed = study.ask()
+    claimed.set_user_attr(WORKER_ATTR, {"host": "another-machine", "pid": 1})
+    with sqlite3.connect(tmp_path / "optuna.db") as db:
+        db.execute("update trials set datetime_start = datetime('now', '-5 minutes')")
+    recent = study.ask()
+
+    failed = study_module.fail_unclaimed_trials(study, tracker)
+
+    assert sorted(failed) == [queued.number, sampled.number]
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states[claimed.number] == "RUNNING" and states[recent.number] == "RUNNING"
+    # Only the queued configuration is queued again (the sampled one had no
+    # params yet: the sampler proposes afresh).
+    (again,) = [t for t in study.get_trials() if t.state.name == "WAITING"]
+    assert again.params == {"depth": 2}

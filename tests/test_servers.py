@@ -16,19 +16,13 @@ import sqlalchemy
 
 from sweep import servers, storage
 from sweep import study as study_module
-from tests import postgres
+from tests import postgres, synthetic
+from tests.test_cli import run_sweep, start_sweep
 
 
 @pytest.fixture(scope="module")
-def database():
-    if postgres.binaries() is None:
-        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
-    server = postgres.Server()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+def database(postgres_server):
+    return postgres_server
 
 
 def error_of(call):
@@ -127,4 +121,81 @@ def test_durations_and_redacted_urls():
     assert servers.redact("sqlite:////tmp/optuna.db") == "sqlite:////tmp/optuna.db"
     assert storage.server_name("postgresql://u:p@h/d") == (
         "the Optuna storage postgresql://u:***@h/d"
+    )
+
+
+AWAY = """
+[study]
+name = "away"
+n_trials = 2
+seed = 3
+sampler = "random"
+pruner = "none"
+
+[training]
+epochs = 30
+validation_freq = 1
+batch_size = 100
+
+[space]
+depth = { choices = [1] }
+width = { choices = [8] }
+embedding_dim = { choices = [8] }
+learning_rate = { choices = [0.05, 0.1] }
+"""
+
+
+def test_a_server_away_past_the_wait_stops_the_worker_and_resume_continues(
+    database, tmp_path
+):
+    storage = database.create_database("away")
+    data = synthetic.write_grouplens(tmp_path / "ml")
+    path = tmp_path / "away.toml"
+    path.write_text(AWAY)
+    env = {"SWEEP_HOME": str(tmp_path / "home")}
+    given = ["--storage", storage, "--data-source", f"grouplens:{data}"]
+    proc = start_sweep("launch", str(path), *given, "--server-wait", "3s", env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not training(storage):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(0.1)
+        database.halt()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        if not (database.data / "postmaster.pid").exists():
+            database.serve()
+    assert proc.returncode == servers.EXIT_CODE, out + err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    assert "sweep launch: error: the Optuna storage postgresql://" in errors[0]
+    assert "has not answered since" in errors[0] and "sweep resume" in errors[0]
+
+    resumed = run_sweep("resume", "away", *given, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    study = optuna.load_study(study_name="away", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1, states
+    # The trial the outage stopped was re-queued and continued from its
+    # checkpoint; its first run was ended KILLED.
+    (retry,) = [t for t in study.trials if "resumed_from_epoch" in t.user_attrs]
+    assert retry.user_attrs["resumed_from_epoch"] >= 1
+    stopped = next(t for t in study.trials if t.state.name == "FAIL")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    assert client.get_run(stopped.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+
+def training(storage: str) -> bool:
+    """Whether a trial of the study has reported a validation (and so saved a
+    checkpoint) and is still running."""
+    try:
+        study = optuna.load_study(study_name="away", storage=storage)
+    except KeyError:
+        return False
+    return any(
+        t.state.name == "RUNNING" and t.intermediate_values
+        for t in study.get_trials(deepcopy=False)
     )
