@@ -97,6 +97,34 @@ def in_flight(storage: str) -> set[int]:
             if t.state.name == "RUNNING" and t.intermediate_values}  # fmt: skip
 
 
+def markdown(result: dict, args: argparse.Namespace) -> list[str]:
+    """The results as a page: the restarts, then what the stores hold."""
+    lines = [
+        "# Server restarts under four workers on two machines",
+        "",
+        f"Run {result['date']}: `python -m benchmarks.server_restarts --trials "
+        f"{args.trials} --restarts {args.restarts} --down {args.down:g}`; "
+        f"{result['wall_seconds']:.0f} s from the workers' start to their end.",
+        "",
+        "| restart | server | at (s) | answering again after (s) |",
+        "|---|---|---|---|",
+        *(
+            f"| {i} | {e['server']} | {e['at_s']} | {e['back_after_s']} |"
+            for i, e in enumerate(result["restarts"], 1)
+        ),
+        "",
+        "| what | figure |",
+        "|---|---|",
+        *(
+            f"| {k.replace('_', ' ')} | {v} |"
+            for k, v in result.items()
+            if k not in ("date", "restarts", "wall_seconds")
+        ),
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
@@ -203,17 +231,7 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "server_restarts.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        "# Server restarts under four workers on two machines",
-        "",
-        f"Run {result['date']}: `python -m benchmarks.server_restarts --trials "
-        f"{args.trials} --restarts {args.restarts} --down {args.down:g}`.",
-        "",
-        "| what | figure |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in result.items() if k != "date"),
-        "",
-    ]
+    lines = markdown(result, args)
     (RESULTS / "server_restarts.md").write_text("\n".join(lines))
     print("\n".join(lines))
     server.stop()
