@@ -61,6 +61,22 @@ def test_bad_arguments_are_one_line(args, fragment):
     assert_one_line_error(run_sweep("train", *args), fragment, code=2)
 
 
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--depth", "100000"], "depth = 100000: expected at most 16 dense layers"),
+        (
+            ["--width", "10000000"],
+            "depth 1, width 10000000, embedding_dim 32, batch_size 1000 needs about",
+        ),
+        (["--embedding-dim", "100000000"], "embedding_dim 100000000, batch_size"),
+    ],
+)
+def test_configurations_too_large_are_one_line(args, fragment, grouplens_spec):
+    result = run_sweep("train", "--data-source", grouplens_spec, *args)
+    assert_one_line_error(result, "sweep train: error:", fragment)
+
+
 def test_missing_data_folder_is_one_line(tmp_path):
     result = run_sweep("train", "--data-source", f"grouplens:{tmp_path / 'none'}")
     assert_one_line_error(result, "sweep train: error:", "is not a folder")
