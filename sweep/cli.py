@@ -42,6 +42,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port number; expected one from 1 to 65535"
+        ) from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a port number; expected one from 1 to 65535"
+        )
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -434,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.set_defaults(run=cmd_recommend)
 
     ui = verbs.add_parser("ui", help=cmd_ui.__doc__, description=cmd_ui.__doc__)
-    ui.add_argument("--port", type=_positive_int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000)
     ui.add_argument(
         "--host",
         default="127.0.0.1",

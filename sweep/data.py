@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sweep import movielens
-from sweep.errors import DataError
+from sweep.errors import DataError, SweepError
 
 # Bump when the features or the cache layout change: old caches are then unused.
 PREPROCESSING_VERSION = 1
@@ -115,8 +115,23 @@ class Features:
 
 
 def sweep_home() -> Path:
-    """Where sweep keeps its state: `$SWEEP_HOME`, default `./.sweep`."""
-    return Path(os.environ.get("SWEEP_HOME", ".sweep")).expanduser()
+    """Where sweep keeps its state: `$SWEEP_HOME`, default `./.sweep`.
+
+    Raises:
+        SweepError: The path, or the nearest part of it that exists, is not a
+            folder (so the home cannot be one).
+    """
+    home = Path(os.environ.get("SWEEP_HOME", ".sweep")).expanduser()
+    existing = home
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "is" if existing == home else f"is under {existing}, which is"
+        raise SweepError(
+            f"SWEEP_HOME={home} {what} a file, not a folder; point SWEEP_HOME at a "
+            "folder (it is created if missing) or unset it to use ./.sweep"
+        )
+    return home
 
 
 def load(spec: str = "auto", home: Path | None = None, log=print) -> Features:

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from tests import synthetic
+from tests.test_config import GOOD
 
 SWEEP = os.path.join(os.path.dirname(sys.executable), "sweep")
 
@@ -59,6 +60,51 @@ def assert_one_line_error(result, *fragments, code=1):
 )
 def test_bad_arguments_are_one_line(args, fragment):
     assert_one_line_error(run_sweep("train", *args), fragment, code=2)
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_ui_port_out_of_range_is_one_line(port):
+    result = run_sweep("ui", "--port", port)
+    assert_one_line_error(
+        result, f"argument --port: {port!r}" if port == "http" else f"--port: {port}",
+        "expected one from 1 to 65535", code=2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["train"],
+        ["launch", "STUDY"],
+        ["resume", "t"],
+        ["status"],
+        ["export", "t", "--out", "OUT"],
+        ["recommend", "--model", "models:/t@champion", "--user-id", "1"],
+        ["ui"],
+    ],
+)
+def test_sweep_home_that_is_a_file_is_one_line(verb, tmp_path):
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    study = tmp_path / "study.toml"
+    study.write_text(GOOD)
+    args = [str(study) if a == "STUDY" else a for a in verb]
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    result = run_sweep(*args, env={"SWEEP_HOME": str(home)})
+    assert_one_line_error(
+        result, f"sweep {verb[0]}: error: SWEEP_HOME={home} is a file, not a folder"
+    )
+    assert home.read_text() == "not a folder"
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_home_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    home = tmp_path / "file" / "home"
+    result = run_sweep("status", env={"SWEEP_HOME": str(home)})
+    assert_one_line_error(
+        result, f"SWEEP_HOME={home} is under {tmp_path / 'file'}, which is a file"
+    )
 
 
 @pytest.mark.parametrize(
