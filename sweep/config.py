@@ -52,6 +52,13 @@ PRUNERS = ("none", "median", "hyperband")
 # on any machine of under 320 GiB. The reference searches 1 to 3. A fixed bound
 # also keeps the layer sizes small numbers before the estimate is computed.
 MAX_DEPTH = 16
+# Optuna's samplers and NumPy's global generator take 32-bit seeds only.
+SEED_MAX = 2**32 - 1
+# The validation epochs go to Keras's `fit` as a list, one entry per
+# validation, searched at every epoch (`TrainConfig.validation_epochs`): a count
+# in the billions would exhaust memory before the first epoch. 10,000 is over
+# 300 times the reference's 30.
+MAX_EPOCHS = 10_000
 # The searched hyperparameters: name -> (type, what a value must be).
 PARAMS = {
     "depth": (int, "a whole number of dense layers, at least 1"),
@@ -175,12 +182,21 @@ class _Reader:
                     f"{', '.join(known)}"
                 )
 
-    def integer(self, table, where, key, default=_MISSING, minimum=1) -> int:
+    def integer(
+        self, table, where, key, default=_MISSING, minimum=1, maximum=None
+    ) -> int:
         value = table.get(key, default)
-        if value is _MISSING:
-            raise self.fail(where + key, value, f"a whole number of at least {minimum}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(where + key, value, f"a whole number of at least {minimum}")
+        expected = f"a whole number of at least {minimum}"
+        if maximum is not None:
+            expected = f"a whole number from {minimum} to {maximum:,}"
+        if (
+            value is _MISSING
+            or isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            raise self.fail(where + key, value, expected)
         return value
 
     def choice(self, table, where, key, options, default) -> str:
@@ -248,8 +264,8 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
             "and the MLflow experiment)",
         )
     seed = table.get("seed", 42)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise read.fail("[study] seed", seed, "a whole number of at least 0")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise read.fail("[study] seed", seed, f"a whole number from 0 to {SEED_MAX}")
     study = StudySettings(
         name=name,
         n_trials=read.integer(table, "[study] ", "n_trials"),
@@ -261,7 +277,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     table = read.table(doc, "training")
     read.no_unknown(table, "[training] ", ("epochs", "validation_freq", "batch_size"))
     training = TrainingSettings(
-        epochs=read.integer(table, "[training] ", "epochs"),
+        epochs=read.integer(table, "[training] ", "epochs", maximum=MAX_EPOCHS),
         validation_freq=read.integer(table, "[training] ", "validation_freq", 5),
         batch_size=read.integer(table, "[training] ", "batch_size", 1000),
     )

@@ -122,16 +122,25 @@ def sweep_home() -> Path:
             folder (so the home cannot be one).
     """
     home = Path(os.environ.get("SWEEP_HOME", ".sweep")).expanduser()
-    existing = home
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
+    existing = nearest_existing(home)
+    if not existing.is_dir():
         what = "is" if existing == home else f"is under {existing}, which is"
         raise SweepError(
             f"SWEEP_HOME={home} {what} a file, not a folder; point SWEEP_HOME at a "
             "folder (it is created if missing) or unset it to use ./.sweep"
         )
     return home
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` if it exists, else its nearest ancestor that does.
+
+    A folder to be created under a file cannot be; callers check this one to
+    say so before trying.
+    """
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def load(spec: str = "auto", home: Path | None = None, log=print) -> Features:

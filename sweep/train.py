@@ -25,7 +25,7 @@ import numpy as np
 
 from sweep import interrupts, memory
 from sweep.backend import keras
-from sweep.config import MAX_DEPTH
+from sweep.config import MAX_DEPTH, MAX_EPOCHS
 from sweep.data import Features
 from sweep.errors import ConfigError, TrialFailed
 from sweep.model import METRIC_NAME, RetrievalModel, layer_sizes
@@ -73,6 +73,11 @@ class TrainConfig:
         if not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
             raise ConfigError(
                 f"learning_rate = {rate!r}: expected a positive number such as 0.05"
+            )
+        if self.epochs > MAX_EPOCHS:
+            raise ConfigError(
+                f"epochs = {self.epochs}: expected at most {MAX_EPOCHS:,} (the "
+                "reference trains 30)"
             )
         if self.depth > MAX_DEPTH:
             raise ConfigError(

@@ -56,10 +56,35 @@ def assert_one_line_error(result, *fragments, code=1):
         (["--learning-rate", "-0.1"], "argument --learning-rate: -0.1 is not positive"),
         (["--epochs", "many"], "argument --epochs: 'many' is not a whole number"),
         (["--colour", "red"], "unrecognized arguments: --colour red"),
+        (["--seed", "-1"], "argument --seed: -1 is below 0"),
+        (["--seed", "4294967296"], "4294967296 is above 4294967295; expected a seed"),
     ],
 )
 def test_bad_arguments_are_one_line(args, fragment):
     assert_one_line_error(run_sweep("train", *args), fragment, code=2)
+
+
+@pytest.mark.parametrize(
+    "args, env, fragment",
+    [
+        (["--max-retries", "-1"], {}, "argument --max-retries: -1 is below 0"),
+        (["--cpus", "99"], {}, "argument --cpus: '99' names cores this process"),
+        ([], {"SWEEP_CPUS": "0,99"}, "argument --cpus: '0,99' names cores"),
+        (["--worker-index", "-1"], {}, "argument --worker-index: -1 is below 0"),
+    ],
+)
+def test_bad_resume_arguments_are_one_line(args, env, fragment):
+    result = run_sweep("resume", "t", *args, env=env)
+    assert_one_line_error(result, fragment, code=2)
+
+
+def test_export_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "export"
+    result = run_sweep("export", "t", "--out", str(out))
+    assert_one_line_error(
+        result, f"--out {out} is under {tmp_path / 'file'}, which is a file"
+    )
 
 
 @pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
@@ -116,6 +141,7 @@ def test_sweep_home_under_a_file_is_one_line(tmp_path):
             "depth 1, width 10000000, embedding_dim 32, batch_size 1000 needs about",
         ),
         (["--embedding-dim", "100000000"], "embedding_dim 100000000, batch_size"),
+        (["--epochs", "1000000000000"], "epochs = 1000000000000: expected at most"),
     ],
 )
 def test_configurations_too_large_are_one_line(args, fragment, grouplens_spec):

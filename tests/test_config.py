@@ -77,7 +77,7 @@ BAD = {
     ),
     "wrong type": (
         ("epochs = 4", 'epochs = "four"'),
-        '[training] epochs = "four": expected a whole number of at least 1',
+        '[training] epochs = "four": expected a whole number from 1 to 10,000',
     ),
     "float where int": (
         ("depth = { low = 1, high = 3 }", "depth = { low = 1.5, high = 3 }"),
@@ -135,6 +135,14 @@ BAD = {
     "baseline with unknown key": (
         ("embedding_dim = 32\n", "embedding_dim = 32\ndropout = 0.1\n"),
         "[[baselines]] #1 dropout is not a known key",
+    ),
+    "seed past 32 bits": (
+        ("seed = 1", "seed = 4294967296"),
+        "[study] seed = 4294967296: expected a whole number from 0 to 4294967295",
+    ),
+    "epochs past the bound": (
+        ("epochs = 4", "epochs = 1000000000000"),
+        "[training] epochs = 1000000000000: expected a whole number from 1 to 10,000",
     ),
     "depth past the bound": (
         ("depth = { low = 1, high = 3 }", "depth = { low = 1, high = 100000 }"),
