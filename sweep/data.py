@@ -117,9 +117,11 @@ class Features:
 def sweep_home() -> Path:
     """Where sweep keeps its state: `$SWEEP_HOME`, default `./.sweep`.
 
+    Created if missing: every verb that asks for it writes there.
+
     Raises:
         SweepError: The path, or the nearest part of it that exists, is not a
-            folder (so the home cannot be one).
+            folder, or the folder cannot be created or written.
     """
     home = Path(os.environ.get("SWEEP_HOME", ".sweep")).expanduser()
     existing = nearest_existing(home)
@@ -128,6 +130,18 @@ def sweep_home() -> Path:
         raise SweepError(
             f"SWEEP_HOME={home} {what} a file, not a folder; point SWEEP_HOME at a "
             "folder (it is created if missing) or unset it to use ./.sweep"
+        )
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SweepError(
+            f"SWEEP_HOME={home} cannot be created ({e.strerror}); point SWEEP_HOME "
+            "at a folder you can write, or unset it to use ./.sweep"
+        ) from None
+    if not os.access(home, os.W_OK):
+        raise SweepError(
+            f"SWEEP_HOME={home} is not writable; point SWEEP_HOME at a folder you "
+            "can write, or unset it to use ./.sweep"
         )
     return home
 

@@ -123,6 +123,12 @@ def test_sweep_home_that_is_a_file_is_one_line(verb, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux's /proc")
+def test_sweep_home_that_cannot_be_created_is_one_line():
+    result = run_sweep("status", env={"SWEEP_HOME": "/proc/sweep-home"})
+    assert_one_line_error(result, "SWEEP_HOME=/proc/sweep-home cannot be created")
+
+
 def test_sweep_home_under_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
     home = tmp_path / "file" / "home"
