@@ -15,6 +15,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # MLflow draws a progress bar for every artifact download, a few small files here.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Against a tracking server MLflow prints a run link and an experiment link as
+# each run ends: two lines per trial around the sweep's one. The sweep prints
+# its experiment's link when it ends, and every trial's run is found there.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 # The study report draws its plots without a screen.
 os.environ.setdefault("MPLBACKEND", "Agg")

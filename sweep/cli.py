@@ -42,6 +42,44 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number; expected one of at least 0"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0; expected at least 0")
+    return value
+
+
+def _seed(text: str) -> int:
+    from sweep.config import SEED_MAX
+
+    value = _non_negative_int(text)
+    # NumPy's global generator (seeded with it) takes 32-bit seeds only.
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text} is above {SEED_MAX}; expected a seed from 0 to {SEED_MAX}"
+        )
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port number; expected one from 1 to 65535"
+        ) from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a port number; expected one from 1 to 65535"
+        )
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -288,11 +326,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def _cpus(text: str) -> list[int]:
     try:
-        return [int(c) for c in text.split(",") if c]
+        cores = [int(c) for c in text.split(",") if c]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a list of core numbers"
         ) from None
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if usable is not None and not set(cores) <= usable:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names cores this process cannot use; expected some of "
+            f"{', '.join(map(str, sorted(usable)))}"
+        )
+    return cores
 
 
 def _add_storage_argument(parser: argparse.ArgumentParser) -> None:
@@ -338,7 +383,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-retries",
-        type=int,
+        type=_non_negative_int,
         default=3,
         help="times a trial whose worker died or was interrupted is retried",
     )
@@ -376,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--batch-size", type=_positive_int, default=1000)
     train.add_argument(
-        "--seed", type=int, default=42, help="seeds weights and data order"
+        "--seed", type=_seed, default=42, help="seeds weights and data order"
     )
     train.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
     train.add_argument(
@@ -408,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--study-file",
         help="refuse unless the study was launched with this same file",
     )
-    resume.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    resume.add_argument(
+        "--worker-index", type=_non_negative_int, default=0, help=argparse.SUPPRESS
+    )
     resume.add_argument(
         "--cpus",
         type=_cpus,
@@ -468,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.set_defaults(run=cmd_recommend)
 
     ui = verbs.add_parser("ui", help=cmd_ui.__doc__, description=cmd_ui.__doc__)
-    ui.add_argument("--port", type=_positive_int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000)
     ui.add_argument(
         "--host",
         default="127.0.0.1",

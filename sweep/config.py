@@ -40,10 +40,25 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from sweep import memory
 from sweep.errors import ConfigError
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
+# Each earlier layer doubles (`sweep.model.layer_sizes`), so a tower of depth d
+# has a first layer of width * 2**(d - 1) units. At 16 layers that is 32,768
+# times the output width; at 17 even width 1 and embedding_dim 1 come to about
+# 167 GiB by `sweep.memory`'s estimate, more than the memory bound lets through
+# on any machine of under 320 GiB. The reference searches 1 to 3. A fixed bound
+# also keeps the layer sizes small numbers before the estimate is computed.
+MAX_DEPTH = 16
+# Optuna's samplers and NumPy's global generator take 32-bit seeds only.
+SEED_MAX = 2**32 - 1
+# The validation epochs go to Keras's `fit` as a list, one entry per
+# validation, searched at every epoch (`TrainConfig.validation_epochs`): a count
+# in the billions would exhaust memory before the first epoch. 10,000 is over
+# 300 times the reference's 30.
+MAX_EPOCHS = 10_000
 # The searched hyperparameters: name -> (type, what a value must be).
 PARAMS = {
     "depth": (int, "a whole number of dense layers, at least 1"),
@@ -96,6 +111,14 @@ class Param:
             return True
         steps = (value - self.low) / self.step
         return math.isclose(steps, round(steps), abs_tol=1e-9)
+
+    def largest(self) -> int | float:
+        """The largest value this entry can propose."""
+        if self.choices is not None:
+            return max(self.choices)
+        if self.step is None:
+            return self.high
+        return self.low + math.floor((self.high - self.low) / self.step) * self.step
 
     def describe(self) -> str:
         """A short form such as `[1, 3]`, `[0.01, 0.5] log` or `{32, 64}`."""
@@ -159,12 +182,21 @@ class _Reader:
                     f"{', '.join(known)}"
                 )
 
-    def integer(self, table, where, key, default=_MISSING, minimum=1) -> int:
+    def integer(
+        self, table, where, key, default=_MISSING, minimum=1, maximum=None
+    ) -> int:
         value = table.get(key, default)
-        if value is _MISSING:
-            raise self.fail(where + key, value, f"a whole number of at least {minimum}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(where + key, value, f"a whole number of at least {minimum}")
+        expected = f"a whole number of at least {minimum}"
+        if maximum is not None:
+            expected = f"a whole number from {minimum} to {maximum:,}"
+        if (
+            value is _MISSING
+            or isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            raise self.fail(where + key, value, expected)
         return value
 
     def choice(self, table, where, key, options, default) -> str:
@@ -232,8 +264,8 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
             "and the MLflow experiment)",
         )
     seed = table.get("seed", 42)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise read.fail("[study] seed", seed, "a whole number of at least 0")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise read.fail("[study] seed", seed, f"a whole number from 0 to {SEED_MAX}")
     study = StudySettings(
         name=name,
         n_trials=read.integer(table, "[study] ", "n_trials"),
@@ -245,7 +277,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     table = read.table(doc, "training")
     read.no_unknown(table, "[training] ", ("epochs", "validation_freq", "batch_size"))
     training = TrainingSettings(
-        epochs=read.integer(table, "[training] ", "epochs"),
+        epochs=read.integer(table, "[training] ", "epochs", maximum=MAX_EPOCHS),
         validation_freq=read.integer(table, "[training] ", "validation_freq", 5),
         batch_size=read.integer(table, "[training] ", "batch_size", 1000),
     )
@@ -262,6 +294,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
                 f"{', '.join(PARAMS)} is searched (use choices = [x] to fix one)",
             )
         space[key] = _param(read, key, table[key])
+    _check_memory(read, space, training)
 
     baselines = doc.get("baselines", [])
     if not isinstance(baselines, list) or not all(
@@ -299,7 +332,9 @@ def _param(read: _Reader, name: str, entry) -> Param:
                 raise read.fail(where + ".choices", choices, f"each {expected}")
         if len(set(choices)) != len(choices):
             raise read.fail(where + ".choices", choices, "values without repeats")
-        return Param(name, choices=tuple(choices))
+        return _check_depth(
+            read, where + ".choices", Param(name, choices=tuple(choices))
+        )
 
     read.no_unknown(entry, where + ".", ("low", "high", "log", "step"))
     for bound in ("low", "high"):
@@ -327,7 +362,39 @@ def _param(read: _Reader, name: str, entry) -> Param:
             raise read.fail(where, entry, "either log = true or a step, not both")
         if step > high - low:
             raise read.fail(f"{where}.step", step, f"at most high - low = {high - low}")
-    return Param(name, low=low, high=high, log=log, step=step)
+    return _check_depth(
+        read, where + ".high", Param(name, low=low, high=high, log=log, step=step)
+    )
+
+
+def _check_depth(read: _Reader, where: str, param: Param) -> Param:
+    if param.name == "depth" and param.largest() > MAX_DEPTH:
+        raise read.fail(
+            where,
+            param.high if param.choices is None else list(param.choices),
+            f"at most {MAX_DEPTH} dense layers: each earlier layer doubles, so the "
+            f"first has width * 2**(depth - 1) units (lower it to {MAX_DEPTH} or less)",
+        )
+    return param
+
+
+def _check_memory(read: _Reader, space: dict[str, Param], training) -> None:
+    """Refuses a space whose largest configuration would not fit in memory.
+
+    The estimate grows with each of depth, width and embedding_dim, so the
+    largest point of the space bounds every trial, and every baseline (which
+    must lie in the space) too.
+    """
+    largest = {
+        name: space[name].largest() for name in ("depth", "width", "embedding_dim")
+    }
+    excess = memory.over_limit(**largest, batch_size=training.batch_size)
+    if excess:
+        raise ConfigError(
+            f"{read.path}: [space] is too large for this machine: its largest "
+            f"configuration, {excess}; lower the largest width, embedding_dim or "
+            "depth (or [training] batch_size)"
+        )
 
 
 def _check_baseline(read: _Reader, index: int, baseline: dict, space) -> None:

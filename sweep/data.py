@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sweep import movielens
-from sweep.errors import DataError
+from sweep.errors import DataError, SweepError
 
 # Bump when the features or the cache layout change: old caches are then unused.
 PREPROCESSING_VERSION = 1
@@ -115,8 +115,46 @@ class Features:
 
 
 def sweep_home() -> Path:
-    """Where sweep keeps its state: `$SWEEP_HOME`, default `./.sweep`."""
-    return Path(os.environ.get("SWEEP_HOME", ".sweep")).expanduser()
+    """Where sweep keeps its state: `$SWEEP_HOME`, default `./.sweep`.
+
+    Created if missing: every verb that asks for it writes there.
+
+    Raises:
+        SweepError: The path, or the nearest part of it that exists, is not a
+            folder, or the folder cannot be created or written.
+    """
+    home = Path(os.environ.get("SWEEP_HOME", ".sweep")).expanduser()
+    existing = nearest_existing(home)
+    if not existing.is_dir():
+        what = "is" if existing == home else f"is under {existing}, which is"
+        raise SweepError(
+            f"SWEEP_HOME={home} {what} a file, not a folder; point SWEEP_HOME at a "
+            "folder (it is created if missing) or unset it to use ./.sweep"
+        )
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SweepError(
+            f"SWEEP_HOME={home} cannot be created ({e.strerror}); point SWEEP_HOME "
+            "at a folder you can write, or unset it to use ./.sweep"
+        ) from None
+    if not os.access(home, os.W_OK):
+        raise SweepError(
+            f"SWEEP_HOME={home} is not writable; point SWEEP_HOME at a folder you "
+            "can write, or unset it to use ./.sweep"
+        )
+    return home
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` if it exists, else its nearest ancestor that does.
+
+    A folder to be created under a file cannot be; callers check this one to
+    say so before trying.
+    """
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def load(spec: str = "auto", home: Path | None = None, log=print) -> Features:

@@ -36,7 +36,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import serving, study, train
-from sweep.data import QUERY_FEATURES, Features
+from sweep.data import QUERY_FEATURES, Features, nearest_existing
 from sweep.errors import SweepError
 
 PARITY_TOLERANCE = 0.002
@@ -119,6 +119,12 @@ def select(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SweepError(f"--out {out} is a file; expected a folder (new or empty)")
+    existing = nearest_existing(out)
+    if not existing.is_dir():
+        raise SweepError(
+            f"--out {out} is under {existing}, which is a file; expected a folder "
+            "path (new or empty)"
+        )
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SweepError(
             f"--out {out} exists and is not empty; choose a new folder or pass "

@@ -12,6 +12,7 @@ the features it is given and ranks with the same `CandidateIndex`.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,8 @@ def load_indexes(folder: Path) -> tuple[CandidateIndex, UserIndex]:
     """The candidate and user indexes of an export folder.
 
     Raises:
-        SweepError: The folder is not a complete export.
+        SweepError: The folder is not a complete export, or an index in it is
+            damaged.
     """
     folder = Path(folder)
     missing = [n for n in (CANDIDATES_FILE, USERS_FILE) if not (folder / n).is_file()]
@@ -140,9 +142,23 @@ def load_indexes(folder: Path) -> tuple[CandidateIndex, UserIndex]:
             f"{folder} is not a sweep export (no {', '.join(missing)}); create "
             "one with `sweep export STUDY --out DIR`"
         )
-    return CandidateIndex.load(folder / CANDIDATES_FILE), UserIndex.load(
-        folder / USERS_FILE
+    return (
+        _load(CandidateIndex, folder / CANDIDATES_FILE),
+        _load(UserIndex, folder / USERS_FILE),
     )
+
+
+def _load(
+    index: type[CandidateIndex] | type[UserIndex], path: Path
+) -> CandidateIndex | UserIndex:
+    try:
+        return index.load(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        # NumPy's own message (e.g. about pickles) would point the wrong way.
+        raise SweepError(
+            f"{path} is damaged or not an index sweep export wrote; export again "
+            "with `sweep export STUDY --out DIR --force`"
+        ) from None
 
 
 def recommend(folder: Path, user_id: int, k: int = 10) -> list[Recommendation]:

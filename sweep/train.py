@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sweep import interrupts
+from sweep import interrupts, memory
 from sweep.backend import keras
+from sweep.config import MAX_DEPTH, MAX_EPOCHS
 from sweep.data import Features
 from sweep.errors import ConfigError, TrialFailed
 from sweep.model import METRIC_NAME, RetrievalModel, layer_sizes
@@ -72,6 +73,24 @@ class TrainConfig:
         if not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
             raise ConfigError(
                 f"learning_rate = {rate!r}: expected a positive number such as 0.05"
+            )
+        if self.epochs > MAX_EPOCHS:
+            raise ConfigError(
+                f"epochs = {self.epochs}: expected at most {MAX_EPOCHS:,} (the "
+                "reference trains 30)"
+            )
+        if self.depth > MAX_DEPTH:
+            raise ConfigError(
+                f"depth = {self.depth}: expected at most {MAX_DEPTH} dense layers: "
+                "each earlier layer doubles, so the first has width * 2**(depth - 1) "
+                "units; lower it"
+            )
+        excess = memory.over_limit(
+            self.depth, self.width, self.embedding_dim, self.batch_size
+        )
+        if excess:
+            raise ConfigError(
+                f"{excess}; lower width, embedding_dim or depth (or batch_size)"
             )
 
     @property

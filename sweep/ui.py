@@ -10,6 +10,7 @@ block writing.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -62,9 +63,15 @@ def check_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as e:
+            if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+                raise SweepError(
+                    f"--host {host} is not an address of this machine "
+                    f"({e.strerror}); pass one it has, e.g. --host 127.0.0.1 (this "
+                    "machine only) or --host 0.0.0.0 (every interface)"
+                ) from None
             raise SweepError(
                 f"cannot listen on {host}:{port} ({e.strerror}); is another UI "
-                f"running there? Pass another --port, e.g. --port {port + 1}"
+                f"running there? Pass another --port, e.g. --port {port % 65535 + 1}"
             ) from None
 
 

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from tests import synthetic
+from tests.test_config import GOOD
 
 SWEEP = os.path.join(os.path.dirname(sys.executable), "sweep")
 
@@ -55,10 +56,103 @@ def assert_one_line_error(result, *fragments, code=1):
         (["--learning-rate", "-0.1"], "argument --learning-rate: -0.1 is not positive"),
         (["--epochs", "many"], "argument --epochs: 'many' is not a whole number"),
         (["--colour", "red"], "unrecognized arguments: --colour red"),
+        (["--seed", "-1"], "argument --seed: -1 is below 0"),
+        (["--seed", "4294967296"], "4294967296 is above 4294967295; expected a seed"),
     ],
 )
 def test_bad_arguments_are_one_line(args, fragment):
     assert_one_line_error(run_sweep("train", *args), fragment, code=2)
+
+
+@pytest.mark.parametrize(
+    "args, env, fragment",
+    [
+        (["--max-retries", "-1"], {}, "argument --max-retries: -1 is below 0"),
+        (["--cpus", "99"], {}, "argument --cpus: '99' names cores this process"),
+        ([], {"SWEEP_CPUS": "0,99"}, "argument --cpus: '0,99' names cores"),
+        (["--worker-index", "-1"], {}, "argument --worker-index: -1 is below 0"),
+    ],
+)
+def test_bad_resume_arguments_are_one_line(args, env, fragment):
+    result = run_sweep("resume", "t", *args, env=env)
+    assert_one_line_error(result, fragment, code=2)
+
+
+def test_export_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "export"
+    result = run_sweep("export", "t", "--out", str(out))
+    assert_one_line_error(
+        result, f"--out {out} is under {tmp_path / 'file'}, which is a file"
+    )
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_ui_port_out_of_range_is_one_line(port):
+    result = run_sweep("ui", "--port", port)
+    assert_one_line_error(
+        result, f"argument --port: {port!r}" if port == "http" else f"--port: {port}",
+        "expected one from 1 to 65535", code=2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["train"],
+        ["launch", "STUDY"],
+        ["resume", "t"],
+        ["status"],
+        ["export", "t", "--out", "OUT"],
+        ["recommend", "--model", "models:/t@champion", "--user-id", "1"],
+        ["ui"],
+    ],
+)
+def test_sweep_home_that_is_a_file_is_one_line(verb, tmp_path):
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    study = tmp_path / "study.toml"
+    study.write_text(GOOD)
+    args = [str(study) if a == "STUDY" else a for a in verb]
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    result = run_sweep(*args, env={"SWEEP_HOME": str(home)})
+    assert_one_line_error(
+        result, f"sweep {verb[0]}: error: SWEEP_HOME={home} is a file, not a folder"
+    )
+    assert home.read_text() == "not a folder"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux's /proc")
+def test_sweep_home_that_cannot_be_created_is_one_line():
+    result = run_sweep("status", env={"SWEEP_HOME": "/proc/sweep-home"})
+    assert_one_line_error(result, "SWEEP_HOME=/proc/sweep-home cannot be created")
+
+
+def test_sweep_home_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    home = tmp_path / "file" / "home"
+    result = run_sweep("status", env={"SWEEP_HOME": str(home)})
+    assert_one_line_error(
+        result, f"SWEEP_HOME={home} is under {tmp_path / 'file'}, which is a file"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--depth", "100000"], "depth = 100000: expected at most 16 dense layers"),
+        (
+            ["--width", "10000000"],
+            "depth 1, width 10000000, embedding_dim 32, batch_size 1000 needs about",
+        ),
+        (["--embedding-dim", "100000000"], "embedding_dim 100000000, batch_size"),
+        (["--epochs", "1000000000000"], "epochs = 1000000000000: expected at most"),
+    ],
+)
+def test_configurations_too_large_are_one_line(args, fragment, grouplens_spec):
+    result = run_sweep("train", "--data-source", grouplens_spec, *args)
+    assert_one_line_error(result, "sweep train: error:", fragment)
 
 
 def test_missing_data_folder_is_one_line(tmp_path):

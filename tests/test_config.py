@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from sweep import memory
 from sweep.config import load_study, parse_study
 from sweep.errors import ConfigError
 
@@ -76,7 +77,7 @@ BAD = {
     ),
     "wrong type": (
         ("epochs = 4", 'epochs = "four"'),
-        '[training] epochs = "four": expected a whole number of at least 1',
+        '[training] epochs = "four": expected a whole number from 1 to 10,000',
     ),
     "float where int": (
         ("depth = { low = 1, high = 3 }", "depth = { low = 1.5, high = 3 }"),
@@ -135,6 +136,35 @@ BAD = {
         ("embedding_dim = 32\n", "embedding_dim = 32\ndropout = 0.1\n"),
         "[[baselines]] #1 dropout is not a known key",
     ),
+    "seed past 32 bits": (
+        ("seed = 1", "seed = 4294967296"),
+        "[study] seed = 4294967296: expected a whole number from 0 to 4294967295",
+    ),
+    "epochs past the bound": (
+        ("epochs = 4", "epochs = 1000000000000"),
+        "[training] epochs = 1000000000000: expected a whole number from 1 to 10,000",
+    ),
+    "depth past the bound": (
+        ("depth = { low = 1, high = 3 }", "depth = { low = 1, high = 100000 }"),
+        "[space] depth.high = 100000: expected at most 16 dense layers: each "
+        "earlier layer doubles",
+    ),
+    "depth choice past the bound": (
+        ("depth = { low = 1, high = 3 }", "depth = { choices = [1, 17] }"),
+        "[space] depth.choices = [1, 17]: expected at most 16 dense layers",
+    ),
+    "width too large for memory": (
+        ("width = { choices = [32, 64] }", "width = { choices = [32, 10000000] }"),
+        "[space] is too large for this machine: its largest configuration, depth 3, "
+        "width 10000000, embedding_dim 32, batch_size 1000 needs about",
+    ),
+    "embedding_dim too large for memory": (
+        (
+            "embedding_dim = { choices = [16, 32] }",
+            "embedding_dim = { low = 16, high = 100000000, step = 16 }",
+        ),
+        "embedding_dim 100000000, batch_size 1000 needs about",
+    ),
     "not toml": (
         ("[space]", "[space"),
         "not valid TOML",
@@ -168,3 +198,23 @@ def test_step_must_fit_the_range():
         ConfigError, match=r"depth.step = 5: expected at most high - low = 2"
     ):
         parse_study(text)
+
+
+def test_memory_error_names_the_limit():
+    text = GOOD.replace(
+        "width = { choices = [32, 64] }",
+        "width = { low = 8, high = 10000000, log = true }",
+    )
+    with pytest.raises(ConfigError) as error:
+        parse_study(text)
+    message = str(error.value)
+    assert "depth 3, width 10000000, embedding_dim 32" in message
+    assert memory.gib(memory.limit_bytes()) in message
+    assert "lower the largest width, embedding_dim or depth" in message
+
+
+def test_largest_point_respects_the_step():
+    text = GOOD.replace(
+        "depth = { low = 1, high = 3 }", "depth = { low = 1, high = 4, step = 2 }"
+    )
+    assert parse_study(text).space["depth"].largest() == 3

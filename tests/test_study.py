@@ -116,13 +116,31 @@ def test_launching_an_existing_study_refuses(tmp_path, spec):
     assert len(study.trials) == 1
 
 
-def test_bad_study_file_creates_nothing(tmp_path, spec):
-    path = study_file(tmp_path).read_text().replace("n_trials = 2", "n_trials = -2")
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("n_trials = 2", "n_trials = -2", "[study] n_trials = -2"),
+        (
+            "depth = { low = 1, high = 2 }",
+            "depth = { low = 1, high = 100000 }",
+            "[space] depth.high = 100000: expected at most 16 dense layers",
+        ),
+        (
+            "width = { choices = [8, 16] }",
+            "width = { choices = [16, 10000000] }",
+            "[space] is too large for this machine: its largest configuration, "
+            "depth 2, width 10000000",
+        ),
+    ],
+)
+def test_bad_study_file_creates_nothing(tmp_path, spec, old, new, message):
+    text = study_file(tmp_path).read_text()
+    assert old in text
     bad = tmp_path / "bad.toml"
-    bad.write_text(path)
+    bad.write_text(text.replace(old, new))
     home = tmp_path / "home"
     result = launch(bad, spec, home)
-    assert_one_line_error(result, f"{bad}: [study] n_trials = -2")
+    assert_one_line_error(result, f"{bad}: {message}")
     assert not home.exists() or not any(home.iterdir())
 
 

@@ -1,10 +1,11 @@
 """End-to-end runs on the real MovieLens 100k (the RecBole wheel's copy)."""
 
+import dataclasses
 import json
 
 import pytest
 
-from sweep import movielens
+from sweep import memory, movielens
 from tests.test_cli import run_sweep
 
 pytestmark = pytest.mark.slow
@@ -39,6 +40,9 @@ def test_real_records_hold_what_the_reference_printed(real_records):
 def test_real_features_have_the_reference_shapes(real_features):
     v = real_features.vocabulary
     assert (v.users, v.movies, v.genders, v.max_genres) == (943, 1682, 2, 6)
+    # The memory estimate's sizes are the real ones or bounds of them.
+    for name, bound in dataclasses.asdict(memory.MOVIELENS_100K).items():
+        assert getattr(v, name) <= bound, name
     train, val = real_features.split()
     assert (len(train), len(val)) == (80_000, 20_000)
 
