@@ -53,12 +53,10 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 # A tracking server's restart is waited for by `RetryingClient`, within the
 # server wait; MLflow's own retries (seven, over about four minutes) would
-# stretch every wait past it. Its per-run "View run ... at" lines would bury the
-# sweep's own line per trial (the run is in the UI and in `sweep status`).
+# stretch every wait past it.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 # A batch that MLflow's async logging could not write is logged by MLflow as
 # an ERROR; `TrialRun` checks every batch and sends a failed one again, so the

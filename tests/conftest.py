@@ -1,6 +1,5 @@
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -103,30 +102,3 @@ def postgres_server():
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def postgres_url(postgres_server):
-    return f"postgresql://sweep@127.0.0.1:{postgres_server.port}/sweep"
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(postgres_server, tmp_path_factory):
-    """A real `mlflow server`: runs in PostgreSQL, artifacts served by it."""
-    store = postgres_server.create_database("mlflow")
-    artifacts = tmp_path_factory.mktemp("mlartifacts")
-    port = postgres.free_port()
-    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen(
-        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", store, "--serve-artifacts",
-         "--artifacts-destination", str(artifacts)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, proc)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)

@@ -17,6 +17,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class StudyPoll:
+    """Reads a study that a sweep process is making, through one connection pool.
+
+    Opening a storage per look would leave PostgreSQL a connection per look
+    (it refuses past 100); the storage is opened once the sweep has made its
+    tables, and a look while the server is away sees nothing.
+    """
+
+    def __init__(self, url: str, study: str):
+        self.url = url
+        self.study = study
+        self.storage = None
+
+    def trials(self) -> list:
+        """The study's trials so far ([] before it exists or while unreachable)."""
+        import optuna
+
+        try:
+            if self.storage is None:
+                self.storage = optuna.storages.RDBStorage(
+                    self.url, skip_table_creation=True
+                )
+            study = optuna.load_study(study_name=self.study, storage=self.storage)
+            return study.get_trials(deepcopy=False)
+        except (KeyError, optuna.exceptions.StorageInternalError):
+            return []
+        except Exception as e:  # tables not made yet, or the server restarting
+            if type(e).__module__.startswith(("sqlalchemy", "psycopg")):
+                return []
+            raise
+
+    def close(self) -> None:
+        if self.storage is not None:
+            self.storage.engine.dispose()
+
+
 def binaries() -> Path | None:
     """The folder of Debian's PostgreSQL server binaries, if installed."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))

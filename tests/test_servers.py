@@ -20,11 +20,6 @@ from tests import postgres, synthetic
 from tests.test_cli import run_sweep, start_sweep
 
 
-@pytest.fixture(scope="module")
-def database(postgres_server):
-    return postgres_server
-
-
 def error_of(call):
     try:
         call()
@@ -33,11 +28,11 @@ def error_of(call):
     raise AssertionError("no error")
 
 
-def test_transient_and_permanent_errors(database, tmp_path, monkeypatch):
+def test_transient_and_permanent_errors(postgres_server, tmp_path, monkeypatch):
     nobody = f"postgresql://sweep@127.0.0.1:{postgres.free_port()}/sweep"
     refused = error_of(lambda: sqlalchemy.create_engine(nobody).connect())
     assert servers.is_transient(refused)
-    missing = f"postgresql://sweep@127.0.0.1:{database.port}/no_such_db"
+    missing = f"postgresql://sweep@127.0.0.1:{postgres_server.port}/no_such_db"
     assert not servers.is_transient(
         error_of(lambda: sqlalchemy.create_engine(missing).connect())
     )
@@ -84,7 +79,8 @@ def always_refused():
     raise requests.exceptions.ConnectionError("Connection refused")
 
 
-def test_storage_rides_out_a_postgres_restart(database):
+def test_storage_rides_out_a_postgres_restart(postgres_server):
+    database = postgres_server
     url = database.create_database("restart")
     opened = study_module.open_storage(url)
     study = optuna.create_study(study_name="s", storage=opened)
@@ -133,7 +129,7 @@ sampler = "random"
 pruner = "none"
 
 [training]
-epochs = 30
+epochs = 12
 validation_freq = 1
 batch_size = 100
 
@@ -146,8 +142,9 @@ learning_rate = { choices = [0.05, 0.1] }
 
 
 def test_a_server_away_past_the_wait_stops_the_worker_and_resume_continues(
-    database, tmp_path
+    postgres_server, tmp_path
 ):
+    database = postgres_server
     storage = database.create_database("away")
     data = synthetic.write_grouplens(tmp_path / "ml")
     path = tmp_path / "away.toml"
@@ -155,9 +152,13 @@ def test_a_server_away_past_the_wait_stops_the_worker_and_resume_continues(
     env = {"SWEEP_HOME": str(tmp_path / "home")}
     given = ["--storage", storage, "--data-source", f"grouplens:{data}"]
     proc = start_sweep("launch", str(path), *given, "--server-wait", "3s", env=env)
+    poll = postgres.StudyPoll(storage, "away")
     try:
         deadline = time.monotonic() + 300
-        while not training(storage):
+        # A trial that reported a validation (and so saved a checkpoint).
+        while not any(
+            t.state.name == "RUNNING" and t.intermediate_values for t in poll.trials()
+        ):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no trial started"
             time.sleep(0.1)
@@ -165,6 +166,7 @@ def test_a_server_away_past_the_wait_stops_the_worker_and_resume_continues(
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
+        poll.close()
         if not (database.data / "postmaster.pid").exists():
             database.serve()
     assert proc.returncode == servers.EXIT_CODE, out + err
@@ -188,14 +190,39 @@ def test_a_server_away_past_the_wait_stops_the_worker_and_resume_continues(
     assert client.get_run(stopped.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
 
-def training(storage: str) -> bool:
-    """Whether a trial of the study has reported a validation (and so saved a
-    checkpoint) and is still running."""
-    try:
-        study = optuna.load_study(study_name="away", storage=storage)
-    except KeyError:
-        return False
-    return any(
-        t.state.name == "RUNNING" and t.intermediate_values
-        for t in study.get_trials(deepcopy=False)
-    )
+def test_unreachable_or_refusing_stores_are_named_in_one_line(
+    postgres_server, tmp_path
+):
+    data = synthetic.write_grouplens(tmp_path / "ml")
+    path = tmp_path / "away.toml"
+    path.write_text(AWAY)
+    home = tmp_path / "home"
+    env = {"SWEEP_HOME": str(home)}
+    nobody = f"http://127.0.0.1:{postgres.free_port()}"
+    launched = run_sweep(
+        "launch", str(path), "--tracking-uri", nobody, "--server-wait", "1s",
+        "--data-source", f"grouplens:{data}", env=env,
+    )  # fmt: skip
+    assert launched.returncode == servers.EXIT_CODE, launched.stderr
+    (error,) = [line for line in launched.stderr.splitlines() if "error:" in line]
+    assert error.startswith(f"sweep launch: error: the MLflow tracking server {nobody}")
+    assert "has not answered since" in error and "Connection refused" in error
+    assert "Traceback" not in launched.stderr
+    # Told before anything was built or created.
+    assert not (home / "optuna.db").exists() and not (home / "cache").exists()
+
+    down = f"postgresql://sweep:secret@127.0.0.1:{postgres.free_port()}/optuna"
+    status = run_sweep("status", "--storage", down, "--server-wait", "1s", env=env)
+    assert status.returncode == servers.EXIT_CODE, status.stderr
+    (error,) = [line for line in status.stderr.splitlines() if "error:" in line]
+    assert "the Optuna storage postgresql://sweep:***@127.0.0.1:" in error
+    assert "secret" not in status.stderr and "Traceback" not in status.stderr
+
+    # A database that does not exist is not waited for.
+    missing = f"postgresql://sweep@127.0.0.1:{postgres_server.port}/no_such_db"
+    status = run_sweep("status", "--storage", missing, env=env)
+    assert status.returncode == 1
+    assert "stopped answering" not in status.stderr
+    (line,) = status.stderr.splitlines()
+    assert line.startswith("sweep status: error: cannot open the Optuna storage")
+    assert 'database "no_such_db" does not exist' in line

@@ -106,7 +106,7 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, spec):
     ]
 
 
-def test_launching_an_existing_study_refuses(tmp_path, spec):
+def test_launching_an_existing_study_refuses_and_status_lists_it(tmp_path, spec):
     path = study_file(tmp_path, n_trials=1)
     home = tmp_path / "home"
     assert launch(path, spec, home).returncode == 0
@@ -114,6 +114,14 @@ def test_launching_an_existing_study_refuses(tmp_path, spec):
     assert_one_line_error(again, "study 't' already exists", "sweep resume t")
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
     assert len(study.trials) == 1
+
+    result = run_sweep("status", env={"SWEEP_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert "t: 1 of 1 finished (1 complete)" in result.stdout
+    assert "best: trial" in result.stdout
+    assert "workers alive: none" in result.stdout
+    missing = run_sweep("status", "nope", env={"SWEEP_HOME": str(home)})
+    assert_one_line_error(missing, "no study 'nope'")
 
 
 @pytest.mark.parametrize(
@@ -176,7 +184,7 @@ def test_stores_are_two_sqlite_files_under_sweep_home(tmp_path, spec):
 
 
 def test_four_workers_share_one_sqlite_study_exactly(tmp_path, spec):
-    path = study_file(tmp_path, name="par", n_trials=8, sampler="random",
+    path = study_file(tmp_path, name="par", n_trials=6, sampler="random",
                       rates="0.05, 0.1, 0.2")  # fmt: skip
     home = tmp_path / "home"
     result = launch(path, spec, home, "--workers", "4")
@@ -187,7 +195,7 @@ def test_four_workers_share_one_sqlite_study_exactly(tmp_path, spec):
         study_name="par", storage=f"sqlite:///{home / 'optuna.db'}"
     )
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) == 8
+    assert len(finished) == 6
     assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
     workers = {t.user_attrs["sweep.worker"]["pid"] for t in finished}
     assert len(workers) > 1, "the trials did not spread over the workers"
@@ -196,20 +204,8 @@ def test_four_workers_share_one_sqlite_study_exactly(tmp_path, spec):
         [client.get_experiment_by_name("par").experiment_id],
         "tags.`sweep.role` = 'trial'",
     )
-    assert sum(r.info.status == "FINISHED" for r in runs) == 8
+    assert sum(r.info.status == "FINISHED" for r in runs) == 6
     assert all(r.info.status != "RUNNING" for r in runs)
-
-
-def test_status_lists_counts_and_best(tmp_path, spec):
-    home = tmp_path / "home"
-    assert launch(study_file(tmp_path, n_trials=2), spec, home).returncode == 0
-    result = run_sweep("status", env={"SWEEP_HOME": str(home)})
-    assert result.returncode == 0, result.stderr
-    assert "t: 2 of 2 finished (2 complete)" in result.stdout
-    assert "best: trial" in result.stdout
-    assert "workers alive: none" in result.stdout
-    missing = run_sweep("status", "nope", env={"SWEEP_HOME": str(home)})
-    assert_one_line_error(missing, "no study 'nope'")
 
 
 def test_resume_of_unknown_study_is_one_line(tmp_path, spec):

@@ -1,10 +1,4 @@
-import os
-import re
 import sqlite3
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from mlflow.entities import Param
@@ -12,10 +6,6 @@ from mlflow.exceptions import MlflowException
 
 from sweep.report import PLOT_BUDGET, PLOT_INTERVAL_SECONDS, StudyReport
 from sweep.tracking import STATE_TAG, RetryingClient, Tracker
-from tests import synthetic
-from tests.postgres import free_port
-from tests.test_cli import run_sweep
-from tests.test_study import study_file
 
 
 class Flaky:
@@ -155,49 +145,3 @@ def test_a_folder_uploaded_in_the_background_is_all_there_when_the_run_ends(
     run.finish("COMPLETE")
     names = {f.path for f in tracker.client.list_artifacts(run.run_id, "best")}
     assert names == {"best/model.weights.h5", "best/info.json"}
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on a SQLite store, serving its artifacts."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen(
-        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "mlflow server did not start"
-        time.sleep(0.5)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def test_a_tracking_server_does_not_print_run_links(tmp_path, mlflow_server):
-    spec = f"grouplens:{synthetic.write_grouplens(tmp_path / 'ml')}"
-    result = run_sweep(
-        "launch", str(study_file(tmp_path, name="quiet")), "--data-source", spec,
-        "--tracking-uri", mlflow_server, env={"SWEEP_HOME": str(tmp_path / "home")},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    output = result.stdout + result.stderr
-    assert "View run" not in output
-    assert "View experiment" not in output
-    # The sweep's own line per trial is still there, and the experiment's link.
-    assert len(re.findall(r"^trial +[01] ", result.stdout, re.MULTILINE)) == 2
-    assert f"Browse the trials: {mlflow_server}/#/experiments/" in result.stdout
