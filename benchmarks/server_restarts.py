@@ -35,14 +35,7 @@ import optuna
 from tests import postgres
 from tests.conftest import REPO
 from tests.e2e.conftest import share_real_data
-from tests.test_compose_stack import (
-    Local,
-    MlflowService,
-    compose,
-    env_example,
-    interpolate,
-    run_service,
-)
+from tests.test_compose_stack import start_stack
 
 RESULTS = REPO / "benchmarks" / "results"
 STUDY = """
@@ -66,34 +59,9 @@ learning_rate = {{ low = 0.05, high = 0.3, log = true }}
 """
 
 
-def start_stack(tmp: Path):
-    """The compose stack's servers as local processes; returns its handles."""
-    dotenv = env_example()
-    settings = {
-        k: interpolate(v, dotenv)
-        for k, v in compose()["services"]["postgres"]["environment"].items()
-    }
-    database = postgres.Server(settings["POSTGRES_USER"], settings["POSTGRES_PASSWORD"])
-    local = Local(database.port, postgres.free_port(), tmp)
-    database.start()
-    _, env = local.process("postgres", dotenv, PGHOST="127.0.0.1",
-                           PGPORT=str(database.port),
-                           PGPASSWORD=settings["POSTGRES_PASSWORD"])  # fmt: skip
-    paths = local.volumes("postgres", compose()["services"]["postgres"])
-    (script,) = (v for k, v in paths.items() if "docker-entrypoint-initdb.d" in k)
-    subprocess.run(["/bin/sh", script], env=env, check=True, capture_output=True)
-    server = MlflowService(local, dotenv, tmp / "mlflow.log")
-    server.start()
-    run_service(local, "mlflow-init", dotenv)
-    return dotenv, local, database, server
-
-
-def in_flight(storage: str) -> set[int]:
-    try:
-        study = optuna.load_study(study_name="soak", storage=storage)
-    except KeyError:
-        return set()
-    return {t.number for t in study.get_trials(deepcopy=False)
+def in_flight(poll: postgres.StudyPoll) -> set[int]:
+    """The running trials that have reported a validation."""
+    return {t.number for t in poll.trials()
             if t.state.name == "RUNNING" and t.intermediate_values}  # fmt: skip
 
 
@@ -134,11 +102,15 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="sweep-soak-"))
     real_home = REPO / ".sweep-test"
-    dotenv, local, database, server = start_stack(tmp)
-    storage = (
-        f"postgresql://{dotenv['WORKER_DB_USER']}:{dotenv['WORKER_DB_PASSWORD']}"
-        f"@127.0.0.1:{local.postgres_port}/optuna"
+    stack = start_stack(tmp)
+    dotenv, local, database, server = (
+        stack.dotenv,
+        stack.local,
+        stack.database,
+        stack.mlflow,
     )
+    storage = stack.worker_storage
+    poll = postgres.StudyPoll(storage, "soak")
     study_file = tmp / "soak.toml"
     study_file.write_text(STUDY.format(trials=args.trials))
     homes = [share_real_data(tmp / f"machine{m}", real_home) for m in "ab"]
@@ -161,11 +133,11 @@ def main() -> None:
         plan = ["postgres", "mlflow"] * args.restarts
         seen: set[int] = set()
         for which in plan:
-            while not (in_flight(storage) - seen):
+            while not (in_flight(poll) - seen):
                 if all(p.poll() is not None for p in procs):
                     return
                 time.sleep(0.5)
-            seen |= in_flight(storage)
+            seen |= in_flight(poll)
             at = time.monotonic() - start
             if which == "postgres":
                 database.halt()
@@ -234,8 +206,8 @@ def main() -> None:
     lines = markdown(result, args)
     (RESULTS / "server_restarts.md").write_text("\n".join(lines))
     print("\n".join(lines))
-    server.stop()
-    database.stop()
+    poll.close()
+    stack.stop()
 
 
 if __name__ == "__main__":

@@ -30,28 +30,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a whole number; expected one of at least 1"
+            f"{text!r} is not a whole number; expected one of at least {minimum}"
         ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is below 1; expected at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(
+            f"{text} is below {minimum}; expected at least {minimum}"
+        )
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a whole number; expected one of at least 0"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is below 0; expected at least 0")
-    return value
+    return _whole_number(text, 0)
 
 
 def _seed(text: str) -> int:
@@ -218,6 +216,7 @@ def _run(args, session, stores, features, home) -> int:
                 max_retries=args.max_retries,
             )
         except servers.ServerUnavailable as e:
+            # What `main` adds to its one line once trials have run.
             e.then = (
                 "; the trial in flight is re-queued once it is back: continue "
                 f"then with `sweep resume {name}`"
@@ -511,7 +510,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI of a models:/ URI's registry (default "
         "$MLFLOW_TRACKING_URI, else sqlite:///$SWEEP_HOME/mlflow.db)",
     )
-    _add_server_wait_argument(recommend)
     recommend.set_defaults(run=cmd_recommend)
 
     ui = verbs.add_parser("ui", help=cmd_ui.__doc__, description=cmd_ui.__doc__)
@@ -526,7 +524,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
         "sqlite:///$SWEEP_HOME/mlflow.db)",
     )
-    _add_server_wait_argument(ui)
     ui.set_defaults(run=cmd_ui)
     return parser
 

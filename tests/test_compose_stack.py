@@ -210,6 +210,11 @@ class Stack:
     database: postgres.Server
     mlflow: MlflowService
 
+    def stop(self) -> None:
+        """Stops the MLflow server and PostgreSQL (removing its cluster)."""
+        self.mlflow.stop()
+        self.database.stop()
+
     @property
     def worker_storage(self) -> str:
         e = self.dotenv
@@ -234,10 +239,11 @@ def run_service(local: Local, name: str, dotenv: dict[str, str], **extra: str):
     return result
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """PostgreSQL, its init script, the MLflow server and mlflow-init, as shipped."""
-    skip_without_postgres()
+def start_stack(tmp: Path, init_runs: int = 1) -> Stack:
+    """PostgreSQL, its init script, the MLflow server and mlflow-init, as shipped.
+
+    Call `Stack.stop` when done (also after a failure: what started is stopped).
+    """
     dotenv = env_example()
     settings = {
         k: interpolate(v, dotenv)
@@ -246,9 +252,10 @@ def stack(tmp_path_factory):
     # The cluster the postgres image makes from its settings.
     assert settings["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
     server = postgres.Server(settings["POSTGRES_USER"], settings["POSTGRES_PASSWORD"])
-    tmp = tmp_path_factory.mktemp("stack")
     local = Local(server.port, postgres.free_port(), tmp)
     service = MlflowService(local, dotenv, tmp / "mlflow.log")
+    artifacts = Path(re.search(r"--artifacts-destination (\S+)", service.argv[-1])[1])
+    stack = Stack(local, dotenv, service.url, artifacts, server, service)
     try:
         server.start()
         # The image runs its init scripts with psql against its temporary
@@ -261,18 +268,26 @@ def stack(tmp_path_factory):
         init = subprocess.run(["/bin/sh", script], env=env, capture_output=True,
                               text=True, timeout=60)  # fmt: skip
         assert init.returncode == 0, init.stderr
-
         service.start()
-        artifacts = Path(
-            re.search(r"--artifacts-destination (\S+)", service.argv[-1])[1]
-        )
-        # Once per `docker compose up`: the second finds the user and re-sets it.
-        for _ in range(2):
+        for _ in range(init_runs):
             run_service(local, "mlflow-init", dotenv)
-        yield Stack(local, dotenv, service.url, artifacts, server, service)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The stack's servers, as shipped (`start_stack`)."""
+    skip_without_postgres()
+    # mlflow-init runs once per `docker compose up`: the second run finds the
+    # user and sets its password again.
+    started = start_stack(tmp_path_factory.mktemp("stack"), init_runs=2)
+    try:
+        yield started
     finally:
-        service.stop()
-        server.stop()
+        started.stop()
 
 
 def test_databases_are_apart_and_password_protected(stack):
