@@ -106,10 +106,24 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, spec):
     ]
 
 
-def test_launching_an_existing_study_refuses_and_status_lists_it(tmp_path, spec):
+def test_a_launched_study_its_stores_its_status_and_a_second_launch(tmp_path, spec):
     path = study_file(tmp_path, n_trials=1)
     home = tmp_path / "home"
     assert launch(path, spec, home).returncode == 0
+    # Two SQLite files under SWEEP_HOME: Optuna and MLflow each keep their own
+    # alembic_version table.
+    for name in ("optuna.db", "mlflow.db"):
+        tables = sqlite3.connect(home / name).execute(
+            "select name from sqlite_master where type='table'"
+        )
+        assert "alembic_version" in {row[0] for row in tables}
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
+    parent = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(
+        study.user_attrs[PARENT_RUN_ATTR]
+    )
+    assert parent.data.tags["sweep.role"] == "study"
+    assert parent.info.status == "FINISHED"
+
     again = launch(path, spec, home)
     assert_one_line_error(again, "study 't' already exists", "sweep resume t")
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
@@ -165,22 +179,6 @@ def test_same_study_file_proposes_the_same_first_trials(tmp_path, spec):
         params.append([t.values for t in study.trials])
     assert params[0] == params[2]
     assert params[1] == params[3]
-
-
-def test_stores_are_two_sqlite_files_under_sweep_home(tmp_path, spec):
-    home = tmp_path / "home"
-    assert launch(study_file(tmp_path, n_trials=1), spec, home).returncode == 0
-    for name in ("optuna.db", "mlflow.db"):
-        tables = sqlite3.connect(home / name).execute(
-            "select name from sqlite_master where type='table'"
-        )
-        assert "alembic_version" in {row[0] for row in tables}
-    study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
-    parent = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(
-        study.user_attrs[PARENT_RUN_ATTR]
-    )
-    assert parent.data.tags["sweep.role"] == "study"
-    assert parent.info.status == "FINISHED"
 
 
 def test_four_workers_share_one_sqlite_study_exactly(tmp_path, spec):
