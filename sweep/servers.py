@@ -67,6 +67,7 @@ class ServerUnavailable(BaseException):  # noqa: N818 (a stop, like KeyboardInte
         server: The server, as `Server.name` describes it.
         since: When it stopped answering (seconds since the epoch).
         reason: The last error, on one line.
+        waited: Seconds from the first failure to giving up.
     """
 
     def __init__(self, server: str, since: float, reason: str, waited: float):
