@@ -232,11 +232,11 @@ def _run(args, session, stores, features, home) -> int:
         if args.worker_index:
             return 0
     print(study.summary_table(session.study))
-    from sweep import ui
+    from sweep import tracking, ui
 
     experiment = session.study.user_attrs[study.EXPERIMENT_ATTR]
     uri = stores.tracking_uri
-    if uri.startswith(("http://", "https://")):
+    if tracking.is_server(uri):
         # A tracking server serves its own UI.
         print(f"Browse the trials: {ui.runs_url(uri.rstrip('/'), experiment)}")
         return 0

@@ -762,7 +762,10 @@ def fail_orphaned_trials(
 
 
 def fail_unclaimed_trials(
-    study: optuna.Study, tracker: Tracker, max_retries: int = DEFAULT_MAX_RETRIES
+    study: optuna.Study,
+    trials: Sequence[FrozenTrial],
+    tracker: Tracker,
+    max_retries: int = DEFAULT_MAX_RETRIES,
 ) -> list[int]:
     """Fails RUNNING trials that no worker took up; re-queues those with params.
 
@@ -773,6 +776,12 @@ def fail_unclaimed_trials(
     went on with another. Left RUNNING it would hold a place of the target for
     ever (it has no heartbeat to go stale).
 
+    Args:
+        study: The study.
+        trials: Its trials, as just read.
+        tracker: Ends the MLflow runs of the trials re-queued.
+        max_retries: How many times one trial may be retried.
+
     Returns:
         The numbers of the trials failed.
     """
@@ -781,10 +790,11 @@ def fail_unclaimed_trials(
     now = datetime.datetime.now()
     failed = []
     retry = RetryStaleTrial(tracker, max_retries)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in trials:
         started = trial.datetime_start
         if (
-            WORKER_ATTR in trial.user_attrs
+            trial.state != TrialState.RUNNING
+            or WORKER_ATTR in trial.user_attrs
             or started is None
             or (now - started).total_seconds() < UNCLAIMED_SECONDS
         ):
@@ -947,7 +957,7 @@ def run_trials(
                 # Others are finishing the last trials; a dead one's heartbeat
                 # goes stale and this frees its place.
                 optuna.storages.fail_stale_trials(study)
-                fail_unclaimed_trials(study, objective.tracker)
+                fail_unclaimed_trials(study, trials, objective.tracker)
                 time.sleep(1)
                 continue
             study.optimize(

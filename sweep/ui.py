@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sweep import sqlite
 from sweep.errors import SweepError
-from sweep.tracking import EXPERIMENT_KIND, VIEW_KEY
+from sweep.tracking import EXPERIMENT_KIND, VIEW_KEY, is_server
 
 STARTUP_SECONDS = 120
 
@@ -113,7 +113,7 @@ def serve(
     Raises:
         SweepError: No tracking store there yet, or the port is taken.
     """
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_server(tracking_uri):
         # A tracking server already serves its own UI.
         for name, experiment_id in sweep_experiments(tracking_uri):
             log(f"study {name}: {runs_url(tracking_uri.rstrip('/'), experiment_id)}")

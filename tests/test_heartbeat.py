@@ -86,7 +86,7 @@ def test_trials_no_worker_took_up_are_failed_and_queued_again(tmp_path):
         db.execute("update trials set datetime_start = datetime('now', '-5 minutes')")
     recent = study.ask()
 
-    failed = study_module.fail_unclaimed_trials(study, tracker)
+    failed = study_module.fail_unclaimed_trials(study, study.get_trials(), tracker)
 
     assert sorted(failed) == [queued.number, sampled.number]
     states = {t.number: t.state.name for t in study.get_trials()}
