@@ -43,7 +43,7 @@ from pathlib import Path
 import optuna
 
 from sweep.config import load_study
-from sweep.study import make_pruner
+from sweep.space import make_pruner
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).parent.parent

@@ -56,19 +56,20 @@ def _child(kind: str, trials: int, epochs: int) -> None:
     from benchmarks.timing import FitTiming
     from sweep import data, train
     from sweep.backend import keras
+    from sweep.home import Home
 
     if kind == "reference":
         from benchmarks import reference_pipeline
         from sweep import movielens
 
-        home = data.sweep_home()
-        source = movielens.resolve_source("recbole", home / "downloads")
+        home = Home.from_environment()
+        source = movielens.resolve_source("recbole", home.downloads)
         ratings, movies = reference_pipeline.datasets(source.read())
         pipeline = reference_pipeline.Pipeline(ratings, movies)
         prep = time.time() - started
     else:
         features = data.load("recbole", log=lambda line: None)
-        train.enable_compilation_cache(data.sweep_home() / "jax-cache")
+        Home.from_environment().use_compilation_cache()
         prep = time.time() - started
     for trial in range(trials):
         config = train.TrainConfig(epochs=epochs, seed=42 + trial)

@@ -7,13 +7,12 @@ User mistakes (`SweepError`) print as one line on stderr and exit with code 1;
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from sweep import interrupts
+from sweep import interrupts, params
 from sweep.errors import SweepError, TrialFailed
 
 DATA_SOURCE_HELP = (
@@ -106,63 +105,23 @@ def _duration(text: str) -> float:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Trains one configuration and prints its validations and the best one."""
-    from sweep import data, train
+    from sweep import params, train, verbs
 
     config = train.TrainConfig(
-        depth=args.depth,
-        width=args.width,
-        embedding_dim=args.embedding_dim,
-        learning_rate=args.learning_rate,
+        **{name: getattr(args, name) for name in params.NAMES},
         epochs=args.epochs,
         validation_freq=args.validation_freq,
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    features = data.load(args.data_source, log=log)
-    train.enable_compilation_cache(data.sweep_home() / "jax-cache")
-    log(
-        f"training layer sizes {list(config.layer_sizes)}, embedding "
-        f"{config.embedding_dim}, Adagrad {config.learning_rate}, "
-        f"{config.epochs} epochs"
-    )
-
-    def report(v: train.Validation) -> None:
-        log(
-            f"epoch {v.epoch:3d}  val_loss {v.val_loss:.4f}  "
-            f"val_top100_accuracy {v.val_top100_accuracy:.4f}"
-        )
-
-    result = train.train(config, features, on_validation=report)
-    if args.json:
-        print(json.dumps(result.summary()))
-    else:
-        print(
-            f"best val_top100_accuracy {result.best.val_top100_accuracy:.4f} at "
-            f"epoch {result.best.epoch} ({result.train_seconds:.1f} s)"
-        )
-    return 0
+    return verbs.train(config, args.data_source, args.json)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
     """Creates a study from a study file and runs its trials."""
-    from sweep import config, data, study
+    from sweep import verbs
 
-    study_file = config.load_study(args.study_file)
-    home = data.sweep_home()
-    stores = study.resolve_stores(home, args.storage, args.tracking_uri)
-    # Servers that cannot be reached are told before the data is built.
-    study.check_servers(stores)
-    features = data.load(args.data_source, home=home, log=print)
-    session = study.launch(
-        study_file, stores, args.n_trials, join=args.join, max_retries=args.max_retries
-    )
-    settings, training = study_file.study, study_file.training
-    print(
-        f"study {settings.name!r}: {session.target} trials of {training.epochs} "
-        f"epochs, sampler {settings.sampler}, pruner {settings.pruner}"
-    )
-    return _run(args, session, stores, features, home)
+    return verbs.launch(Path(args.study_file), _run_options(args), join=args.join)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -170,157 +129,55 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     Run on another machine against shared stores, it joins as another worker.
     """
-    from sweep import config, data, study, workers
+    from sweep import verbs
 
-    if args.cpus:
-        workers.limit_to(args.cpus)
-    study_file = config.load_study(args.study_file) if args.study_file else None
-    home = data.sweep_home()
-    stores = study.resolve_stores(home, args.storage, args.tracking_uri)
-    # The study first: an unknown name is told at once, before any data build.
-    session = study.resume(
-        args.name,
-        stores,
-        args.n_trials,
-        study_file,
-        args.max_retries,
-        args.worker_index,
+    path = Path(args.study_file) if args.study_file else None
+    return verbs.resume(args.name, _run_options(args), path)
+
+
+def _run_options(args: argparse.Namespace):
+    from sweep import verbs
+
+    return verbs.RunOptions(
+        n_trials=args.n_trials,
+        workers=args.workers,
+        max_retries=args.max_retries,
+        data_source=args.data_source,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+        server_wait=args.server_wait,
+        worker_index=args.worker_index,
+        cpus=getattr(args, "cpus", None),
     )
-    features = data.load(args.data_source, home=home, log=print)
-    done = study.finished_count(session.study)
-    print(
-        f"study {args.name!r}: {done} of {session.target} trials finished"
-        + (f" (worker {args.worker_index})" if args.worker_index else "")
-    )
-    return _run(args, session, stores, features, home)
-
-
-def _run(args, session, stores, features, home) -> int:
-    from sweep import servers, study, train, workers
-
-    name = session.study.study_name
-    if args.workers > 1:
-        code = workers.run_workers(args.workers, _worker_args(args, name, stores))
-        if code == 130:
-            print(f"interrupted; continue with `sweep resume {name}`", file=sys.stderr)
-        if code:
-            return code
-    else:
-        train.enable_compilation_cache(home / "jax-cache")
-        try:
-            study.run(
-                session,
-                features,
-                home / "checkpoints",
-                progress=args.worker_index == 0,
-                max_retries=args.max_retries,
-            )
-        except servers.ServerUnavailable as e:
-            # What `main` adds to its one line once trials have run.
-            e.then = (
-                "; the trial in flight is re-queued once it is back: continue "
-                f"then with `sweep resume {name}`"
-            )
-            raise
-        except KeyboardInterrupt:
-            print(
-                f"interrupted: the trial in flight is re-queued; continue with "
-                f"`sweep resume {name}`",
-                file=sys.stderr,
-            )
-            return 130
-        if args.worker_index:
-            return 0
-    print(study.summary_table(session.study))
-    from sweep import tracking, ui
-
-    experiment = session.study.user_attrs[study.EXPERIMENT_ATTR]
-    uri = stores.tracking_uri
-    if tracking.is_server(uri):
-        # A tracking server serves its own UI.
-        print(f"Browse the trials: {ui.runs_url(uri.rstrip('/'), experiment)}")
-        return 0
-    default = uri == f"sqlite:///{home.resolve() / 'mlflow.db'}"
-    command = "sweep ui" + ("" if default else f" --tracking-uri {uri}")
-    print(
-        f"Browse the trials: {command}, then open "
-        f"{ui.runs_url('http://127.0.0.1:5000', experiment)}"
-    )
-    return 0
-
-
-def _worker_args(args, name: str, stores) -> list[str]:
-    return [
-        name, "--storage", stores.storage, "--tracking-uri", stores.tracking_uri,
-        "--data-source", args.data_source, "--max-retries", str(args.max_retries),
-        "--server-wait", str(args.server_wait),
-    ]  # fmt: skip
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Lists studies: trials per state, the best trial, workers alive."""
-    from sweep import data, study
+    from sweep import verbs
 
-    stores = study.resolve_stores(data.sweep_home(), args.storage, None)
-    print(study.status_report(stores.storage, args.name))
-    return 0
+    return verbs.status(args.name, args.storage)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Exports a study's best complete trial as a servable recommender."""
-    from sweep import data, export, study, train
+    from sweep import verbs
 
-    home = data.sweep_home()
-    stores = study.resolve_stores(home, args.storage, args.tracking_uri)
-    trial = export.select(stores, args.name, args.out, args.trial, args.force)
-    features = data.load(args.data_source, home=home, log=print)
-    train.enable_compilation_cache(home / "jax-cache")
-    result = export.export(
-        args.name, trial, args.out, stores, features, register=args.register
-    )
-    print(f"exported trial {result.trial} of study {args.name!r} to {result.folder}")
-    if result.model_version is not None:
-        print(
-            f"serve it: sweep recommend --model models:/{args.name}@"
-            f"{export.CHAMPION_ALIAS} --user-id 1"
-        )
-    return 0
+    return verbs.export(args.name, args.out, args.trial, args.force, args.register,
+                        args.data_source, args.storage, args.tracking_uri)  # fmt: skip
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     """Prints the top-k movies for a MovieLens user from an exported model."""
-    from sweep import serving
+    from sweep import verbs
 
-    if args.model.startswith(("models:/", "runs:/")):
-        from sweep import data, study, train
-
-        home = data.sweep_home()
-        stores = study.resolve_stores(home, None, args.tracking_uri)
-        train.enable_compilation_cache(home / "jax-cache")
-        picks = serving.recommend_registered(
-            args.model, stores.tracking_uri, args.user_id, args.k
-        )
-    else:
-        picks = serving.recommend(Path(args.model), args.user_id, args.k)
-    print(f"top {len(picks)} movies for user {args.user_id} ({args.model}):")
-    for rank, pick in enumerate(picks, 1):
-        print(f"{rank:3d}. {pick.title}  (score {pick.score:.4f})")
-    return 0
+    return verbs.recommend(args.model, args.user_id, args.k, args.tracking_uri)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Starts the MLflow UI on the sweep's tracking store and prints study URLs."""
-    from sweep import data, study, ui
+    from sweep import verbs
 
-    home = data.sweep_home()
-    stores = study.resolve_stores(home, None, args.tracking_uri)
-    return ui.serve(
-        stores.tracking_uri,
-        stores.artifact_root,
-        home / "logs" / "mlflow-ui.log",
-        args.host,
-        args.port,
-    )
+    return verbs.serve_ui(args.host, args.port, args.tracking_uri)
 
 
 def _cpus(text: str) -> list[int]:
@@ -359,13 +216,17 @@ def _add_server_wait_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_storage_argument(parser)
+def _add_tracking_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
     parser.add_argument(
         "--tracking-uri",
-        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
+        help=f"MLflow tracking URI{what} (default $MLFLOW_TRACKING_URI, else "
         "sqlite:///$SWEEP_HOME/mlflow.db)",
     )
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_storage_argument(parser)
+    _add_tracking_argument(parser)
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -401,16 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser(
         "train", help=cmd_train.__doc__, description=cmd_train.__doc__
     )
-    train.add_argument("--depth", type=_positive_int, default=1, help="dense layers")
-    train.add_argument(
-        "--width", type=_positive_int, default=32, help="units of the last layer"
-    )
-    train.add_argument(
-        "--embedding-dim", type=_positive_int, default=32, help="embedding size"
-    )
-    train.add_argument(
-        "--learning-rate", type=_positive_float, default=0.05, help="Adagrad rate"
-    )
+    for hyper in params.SEARCHED:
+        train.add_argument(
+            hyper.flag,
+            type=_positive_int if hyper.kind is int else _positive_float,
+            default=hyper.reference,
+            help=f"{hyper.help} (default {hyper.reference}, the reference's)",
+        )
     train.add_argument("--epochs", type=_positive_int, default=30)
     train.add_argument(
         "--validation-freq",
@@ -505,11 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recommend.add_argument("--user-id", type=int, required=True, help="MovieLens user")
     recommend.add_argument("--k", type=_positive_int, default=10, help="movies")
-    recommend.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI of a models:/ URI's registry (default "
-        "$MLFLOW_TRACKING_URI, else sqlite:///$SWEEP_HOME/mlflow.db)",
-    )
+    _add_tracking_argument(recommend, " of a models:/ URI's registry")
     recommend.set_defaults(run=cmd_recommend)
 
     ui = verbs.add_parser("ui", help=cmd_ui.__doc__, description=cmd_ui.__doc__)
@@ -519,11 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="the interface to listen on (default 127.0.0.1: this machine only)",
     )
-    ui.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
-        "sqlite:///$SWEEP_HOME/mlflow.db)",
-    )
+    _add_tracking_argument(ui)
     ui.set_defaults(run=cmd_ui)
     return parser
 

@@ -40,18 +40,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from sweep import memory
+from sweep import memory, params
 from sweep.errors import ConfigError
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
-# Each earlier layer doubles (`sweep.model.layer_sizes`), so a tower of depth d
-# has a first layer of width * 2**(d - 1) units. At 16 layers that is 32,768
-# times the output width; at 17 even width 1 and embedding_dim 1 come to about
-# 167 GiB by `sweep.memory`'s estimate, more than the memory bound lets through
-# on any machine of under 320 GiB. The reference searches 1 to 3. A fixed bound
-# also keeps the layer sizes small numbers before the estimate is computed.
-MAX_DEPTH = 16
 # Optuna's samplers and NumPy's global generator take 32-bit seeds only.
 SEED_MAX = 2**32 - 1
 # The validation epochs go to Keras's `fit` as a list, one entry per
@@ -59,13 +52,6 @@ SEED_MAX = 2**32 - 1
 # in the billions would exhaust memory before the first epoch. 10,000 is over
 # 300 times the reference's 30.
 MAX_EPOCHS = 10_000
-# The searched hyperparameters: name -> (type, what a value must be).
-PARAMS = {
-    "depth": (int, "a whole number of dense layers, at least 1"),
-    "width": (int, "a whole number of units, at least 1"),
-    "embedding_dim": (int, "a whole number, at least 1"),
-    "learning_rate": (float, "a positive Adagrad learning rate, e.g. 0.05"),
-}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MISSING = object()
 
@@ -283,15 +269,15 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     )
 
     table = read.table(doc, "space")
-    read.no_unknown(table, "[space] ", tuple(PARAMS))
+    read.no_unknown(table, "[space] ", params.NAMES)
     space = {}
-    for key in PARAMS:
+    for key in params.NAMES:
         if key not in table:
             raise read.fail(
                 f"[space] {key}",
                 _MISSING,
                 "{ low = ..., high = ... } or { choices = [...] }; every one of "
-                f"{', '.join(PARAMS)} is searched (use choices = [x] to fix one)",
+                f"{', '.join(params.NAMES)} is searched (use choices = [x] to fix one)",
             )
         space[key] = _param(read, key, table[key])
     _check_memory(read, space, training)
@@ -306,16 +292,9 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     return Study(path, text, study, training, space, tuple(baselines))
 
 
-def _number_ok(kind: type, value) -> bool:
-    if isinstance(value, bool):
-        return False
-    if kind is int:
-        return isinstance(value, int) and value >= 1
-    return isinstance(value, int | float) and math.isfinite(value) and value > 0
-
-
 def _param(read: _Reader, name: str, entry) -> Param:
-    kind, expected = PARAMS[name]
+    hyper = params.BY_NAME[name]
+    expected = hyper.expected
     where = f"[space] {name}"
     shape = (
         "{ low = ..., high = ...[, log = true][, step = ...] } or { choices = [...] }"
@@ -328,7 +307,7 @@ def _param(read: _Reader, name: str, entry) -> Param:
         if not isinstance(choices, list) or not choices:
             raise read.fail(where + ".choices", choices, "a non-empty list of values")
         for value in choices:
-            if not _number_ok(kind, value):
+            if not hyper.valid(value):
                 raise read.fail(where + ".choices", choices, f"each {expected}")
         if len(set(choices)) != len(choices):
             raise read.fail(where + ".choices", choices, "values without repeats")
@@ -340,7 +319,7 @@ def _param(read: _Reader, name: str, entry) -> Param:
     for bound in ("low", "high"):
         if bound not in entry:
             raise read.fail(f"{where}.{bound}", _MISSING, f"{expected} ({shape})")
-        if not _number_ok(kind, entry[bound]):
+        if not hyper.valid(entry[bound]):
             raise read.fail(f"{where}.{bound}", entry[bound], expected)
     low, high = entry["low"], entry["high"]
     if low > high:
@@ -356,7 +335,7 @@ def _param(read: _Reader, name: str, entry) -> Param:
         raise read.fail(f"{where}.log", log, "true or false")
     step = entry.get("step")
     if step is not None:
-        if not _number_ok(kind, step):
+        if not hyper.valid(step):
             raise read.fail(f"{where}.step", step, f"a step that is {expected}")
         if log:
             raise read.fail(where, entry, "either log = true or a step, not both")
@@ -368,12 +347,11 @@ def _param(read: _Reader, name: str, entry) -> Param:
 
 
 def _check_depth(read: _Reader, where: str, param: Param) -> Param:
-    if param.name == "depth" and param.largest() > MAX_DEPTH:
+    """Refuses a range or choice above the hyperparameter's bound (depth's)."""
+    problem = params.BY_NAME[param.name].over_maximum(param.largest())
+    if problem:
         raise read.fail(
-            where,
-            param.high if param.choices is None else list(param.choices),
-            f"at most {MAX_DEPTH} dense layers: each earlier layer doubles, so the "
-            f"first has width * 2**(depth - 1) units (lower it to {MAX_DEPTH} or less)",
+            where, param.high if param.choices is None else list(param.choices), problem
         )
     return param
 
@@ -386,7 +364,7 @@ def _check_memory(read: _Reader, space: dict[str, Param], training) -> None:
     must lie in the space) too.
     """
     largest = {
-        name: space[name].largest() for name in ("depth", "width", "embedding_dim")
+        p.name: space[p.name].largest() for p in params.SEARCHED if p.sizes_model
     }
     excess = memory.over_limit(**largest, batch_size=training.batch_size)
     if excess:
@@ -399,12 +377,12 @@ def _check_memory(read: _Reader, space: dict[str, Param], training) -> None:
 
 def _check_baseline(read: _Reader, index: int, baseline: dict, space) -> None:
     where = f"[[baselines]] #{index + 1} "
-    read.no_unknown(baseline, where, tuple(PARAMS))
+    read.no_unknown(baseline, where, params.NAMES)
     for name, param in space.items():
-        kind, expected = PARAMS[name]
+        hyper = params.BY_NAME[name]
         value = baseline.get(name, _MISSING)
-        if value is _MISSING or not _number_ok(kind, value):
-            raise read.fail(where + name, value, expected)
+        if value is _MISSING or not hyper.valid(value):
+            raise read.fail(where + name, value, hyper.expected)
         if not param.contains(value):
             raise read.fail(
                 where + name,
@@ -429,7 +407,8 @@ def differences(old: Study, new: Study) -> str:
         for f in dataclasses.fields(TrainingSettings)
     ]
     pairs += [
-        (f"[space] {name}", old.space.get(name), new.space.get(name)) for name in PARAMS
+        (f"[space] {name}", old.space.get(name), new.space.get(name))
+        for name in params.NAMES
     ]
     pairs.append(("[[baselines]]", list(old.baselines), list(new.baselines)))
     for key, was, now in pairs:

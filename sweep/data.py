@@ -16,9 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from sweep import movielens
-from sweep.errors import DataError, SweepError
+from sweep.errors import DataError
+from sweep.home import Home, atomic_write
 
 # Bump when the features or the cache layout change: old caches are then unused.
 PREPROCESSING_VERSION = 1
@@ -114,55 +113,12 @@ class Features:
         return order[:train_size], order[train_size:]
 
 
-def sweep_home() -> Path:
-    """Where sweep keeps its state: `$SWEEP_HOME`, default `./.sweep`.
-
-    Created if missing: every verb that asks for it writes there.
-
-    Raises:
-        SweepError: The path, or the nearest part of it that exists, is not a
-            folder, or the folder cannot be created or written.
-    """
-    home = Path(os.environ.get("SWEEP_HOME", ".sweep")).expanduser()
-    existing = nearest_existing(home)
-    if not existing.is_dir():
-        what = "is" if existing == home else f"is under {existing}, which is"
-        raise SweepError(
-            f"SWEEP_HOME={home} {what} a file, not a folder; point SWEEP_HOME at a "
-            "folder (it is created if missing) or unset it to use ./.sweep"
-        )
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SweepError(
-            f"SWEEP_HOME={home} cannot be created ({e.strerror}); point SWEEP_HOME "
-            "at a folder you can write, or unset it to use ./.sweep"
-        ) from None
-    if not os.access(home, os.W_OK):
-        raise SweepError(
-            f"SWEEP_HOME={home} is not writable; point SWEEP_HOME at a folder you "
-            "can write, or unset it to use ./.sweep"
-        )
-    return home
-
-
-def nearest_existing(path: Path) -> Path:
-    """`path` if it exists, else its nearest ancestor that does.
-
-    A folder to be created under a file cannot be; callers check this one to
-    say so before trying.
-    """
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def load(spec: str = "auto", home: Path | None = None, log=print) -> Features:
+def load(spec: str = "auto", home: Home | Path | None = None, log=print) -> Features:
     """Returns the preprocessed MovieLens 100k, from the cache when it is valid.
 
     Args:
         spec: The `--data-source` value: auto, tfds, recbole or grouplens:PATH.
-        home: The sweep home (`sweep_home()` if None).
+        home: The sweep home (`$SWEEP_HOME` if None).
         log: Where to say which source was used (one line).
 
     Returns:
@@ -171,9 +127,8 @@ def load(spec: str = "auto", home: Path | None = None, log=print) -> Features:
     Raises:
         DataError: The source is unknown, missing or malformed.
     """
-    home = sweep_home() if home is None else Path(home)
-    downloads = home / "downloads"
-    source = movielens.resolve_source(spec, downloads)
+    home = Home.from_environment() if home is None else Home.at(home)
+    source = movielens.resolve_source(spec, home.downloads)
     path = cache_path(home, source.checksum)
     features = read_cache(path)
     if features is None:
@@ -195,10 +150,10 @@ def load(spec: str = "auto", home: Path | None = None, log=print) -> Features:
     return features
 
 
-def cache_path(home: Path, checksum: str) -> Path:
+def cache_path(home: Home | Path, checksum: str) -> Path:
     """The cache file for a source checksum and the current preprocessing."""
     name = f"movielens-100k-{checksum[:16]}-p{PREPROCESSING_VERSION}.npz"
-    return Path(home) / "cache" / name
+    return Home.at(home).cache / name
 
 
 def build_features(records: movielens.MovieLens, source: movielens.Source) -> Features:
@@ -212,8 +167,6 @@ def build_features(records: movielens.MovieLens, source: movielens.Source) -> Fe
         The features of every user, movie and rating.
     """
     import tensorflow as tf
-
-    from sweep.backend import keras
 
     # Keras's IntegerLookup keeps an int64 vocabulary that JAX (x64 off) stores
     # as int32; the ids here are tiny, so the narrowing is harmless.
@@ -229,39 +182,7 @@ def build_features(records: movielens.MovieLens, source: movielens.Source) -> Fe
         # int32: JAX (x64 off) would truncate int64 anyway, with a warning.
         return column.astype(np.int32) if column.dtype == np.int64 else column
 
-    feature_space = keras.utils.FeatureSpace(
-        features={
-            "raw_user_age": keras.utils.FeatureSpace.float_discretized(
-                num_bins=AGE_BINS, output_mode="int"
-            ),
-            "user_gender": keras.utils.FeatureSpace.integer_categorical(
-                num_oov_indices=0, output_mode="int"
-            ),
-            "user_occupation_label": keras.utils.FeatureSpace.integer_categorical(
-                num_oov_indices=0, output_mode="int"
-            ),
-            "user_rating": keras.utils.FeatureSpace.float_rescaled(
-                scale=1.0 / 4.0, offset=-1.0 / 4.0
-            ),
-            "movie_title": keras.utils.FeatureSpace.feature(
-                preprocessor=keras.layers.TextVectorization(
-                    max_tokens=TITLE_MAX_TOKENS,
-                    output_sequence_length=TITLE_LENGTH,
-                    dtype="int32",
-                ),
-                dtype="string",
-                output_mode="float",
-            ),
-        },
-        crosses=[
-            keras.utils.FeatureSpace.cross(
-                feature_names=("user_gender", "raw_user_age"),
-                crossing_dim=GENDER_AGE_CROSS_BINS,
-                output_mode="int",
-            )
-        ],
-        output_mode="dict",
-    )
+    feature_space = _feature_space()
     # Adapted on every rating, as the reference does: bins, lookups and the
     # title vocabulary are weighted by how often each value is rated.
     per_rating = {
@@ -276,7 +197,6 @@ def build_features(records: movielens.MovieLens, source: movielens.Source) -> Fe
     label = np.asarray(
         feature_space.preprocessors["user_rating"](records.user_rating[:, None])
     ).reshape(-1)
-
     user_inputs = {
         "raw_user_age": user_column("raw_user_age").astype("float32"),
         "user_gender": user_column("user_gender"),
@@ -284,10 +204,76 @@ def build_features(records: movielens.MovieLens, source: movielens.Source) -> Fe
         "user_rating": np.ones(len(users), dtype="float32"),
         "movie_title": np.full(len(users), ""),
     }
-    encoded = {k: np.asarray(v) for k, v in feature_space(user_inputs).items()}
     user_ids = np.array([int(u.user_id) for u in users])
-    users_count = int(user_ids.max())
-    user_table = {}
+    user_table = _user_table(feature_space(user_inputs), user_ids)
+    movie_table, titles, genres_count, max_genres = _movie_table(
+        records, source, feature_space.preprocessors["movie_title"]
+    )
+    preprocessors = feature_space.preprocessors
+    vocabulary = Vocabulary(
+        users=int(user_ids.max()),
+        genders=int(preprocessors["user_gender"].vocabulary_size()),
+        occupations=int(preprocessors["user_occupation_label"].vocabulary_size()),
+        movies=len(records.movies),
+        title_tokens=int(preprocessors["movie_title"].vocabulary_size()),
+        genres=int(genres_count),
+        max_genres=int(max_genres),
+    )
+    return Features(
+        vocabulary=vocabulary,
+        users=user_table,
+        movies=movie_table,
+        movie_titles=np.array(titles),
+        rating_user=user_ids[rating_users].astype(np.int32),
+        rating_movie=records.movie_id.astype(np.int32),
+        label=label.astype(np.float32),
+        source=source.describe(),
+        checksum=source.checksum,
+    )
+
+
+def _feature_space():
+    """The reference's FeatureSpace (before it is adapted)."""
+    from sweep.backend import keras
+
+    space = keras.utils.FeatureSpace
+    return space(
+        features={
+            "raw_user_age": space.float_discretized(
+                num_bins=AGE_BINS, output_mode="int"
+            ),
+            "user_gender": space.integer_categorical(
+                num_oov_indices=0, output_mode="int"
+            ),
+            "user_occupation_label": space.integer_categorical(
+                num_oov_indices=0, output_mode="int"
+            ),
+            "user_rating": space.float_rescaled(scale=1.0 / 4.0, offset=-1.0 / 4.0),
+            "movie_title": space.feature(
+                preprocessor=keras.layers.TextVectorization(
+                    max_tokens=TITLE_MAX_TOKENS,
+                    output_sequence_length=TITLE_LENGTH,
+                    dtype="int32",
+                ),
+                dtype="string",
+                output_mode="float",
+            ),
+        },
+        crosses=[
+            space.cross(
+                feature_names=("user_gender", "raw_user_age"),
+                crossing_dim=GENDER_AGE_CROSS_BINS,
+                output_mode="int",
+            )
+        ],
+        output_mode="dict",
+    )
+
+
+def _user_table(encoded: dict, user_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The users' encoded features, indexed by user id (row 0 unused)."""
+    encoded = {k: np.asarray(v) for k, v in encoded.items()}
+    table = {}
     for name, column in (
         ("user_id", user_ids),
         ("user_gender", encoded["user_gender"]),
@@ -295,10 +281,20 @@ def build_features(records: movielens.MovieLens, source: movielens.Source) -> Fe
         ("user_gender_X_raw_user_age", encoded["user_gender_X_raw_user_age"]),
         ("user_occupation_label", encoded["user_occupation_label"]),
     ):
-        table = np.zeros(users_count + 1, dtype=np.int32)
-        table[user_ids] = np.asarray(column).reshape(-1)
-        user_table[name] = table
+        rows = np.zeros(int(user_ids.max()) + 1, dtype=np.int32)
+        rows[user_ids] = np.asarray(column).reshape(-1)
+        table[name] = rows
+    return table
 
+
+def _movie_table(
+    records: movielens.MovieLens, source: movielens.Source, title_vectorizer
+) -> tuple[dict[str, np.ndarray], list[str], int, int]:
+    """The movies' features by movie id (row 0 unused), their titles, genre sizes.
+
+    Raises:
+        DataError: The movie ids are not 1..number of movies.
+    """
     movies_count = len(records.movies)
     max_genres = max(len(m.movie_genres) for m in records.movies)
     genres_count = max(g for m in records.movies for g in m.movie_genres) + 1
@@ -314,36 +310,14 @@ def build_features(records: movielens.MovieLens, source: movielens.Source) -> Fe
         titles[mid] = movie.movie_title
         # +1 so that genre 0 stays a genre and 0 can pad (mask_zero).
         genres[mid, : len(movie.movie_genres)] = np.array(movie.movie_genres) + 1
-    title_vectorizer = feature_space.preprocessors["movie_title"]
-    movie_table = {
+    table = {
         "movie_id": np.arange(movies_count + 1, dtype=np.int32),
         "movie_title_vector": np.asarray(title_vectorizer(np.array(titles))).astype(
             np.int32
         ),
         "movie_genres": genres,
     }
-    vocabulary = Vocabulary(
-        users=users_count,
-        genders=int(feature_space.preprocessors["user_gender"].vocabulary_size()),
-        occupations=int(
-            feature_space.preprocessors["user_occupation_label"].vocabulary_size()
-        ),
-        movies=movies_count,
-        title_tokens=int(title_vectorizer.vocabulary_size()),
-        genres=int(genres_count),
-        max_genres=int(max_genres),
-    )
-    return Features(
-        vocabulary=vocabulary,
-        users=user_table,
-        movies=movie_table,
-        movie_titles=np.array(titles),
-        rating_user=user_ids[rating_users].astype(np.int32),
-        rating_movie=records.movie_id.astype(np.int32),
-        label=label.astype(np.float32),
-        source=source.describe(),
-        checksum=source.checksum,
-    )
+    return table, titles, genres_count, max_genres
 
 
 # --- the cache -----------------------------------------------------------------
@@ -380,18 +354,7 @@ def write_cache(path: Path, features: Features) -> None:
         "checksum": features.checksum,
         "digest": _digest(arrays),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed: a reader sees the whole file or none.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays))
 
 
 def read_cache(path: Path) -> Features | None:

@@ -35,9 +35,11 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import serving, study, train
-from sweep.data import QUERY_FEATURES, Features, nearest_existing
+from sweep import keys, serving, summary, train
+from sweep.data import QUERY_FEATURES, Features
 from sweep.errors import SweepError
+from sweep.home import nearest_existing
+from sweep.stores import Stores, open_study, open_tracker
 
 PARITY_TOLERANCE = 0.002
 # Serving outputs may differ from Keras's by float rounding between runtimes.
@@ -79,12 +81,13 @@ def choose_trial(optuna_study: optuna.Study, number: int | None) -> FrozenTrial:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     name = optuna_study.study_name
     if number is None:
-        if not complete:
+        best = summary.best_complete(trials)
+        if best is None:
             raise SweepError(
                 f"study {name!r} has no complete trial yet ({len(trials)} trials); "
                 f"run more with `sweep resume {name}`"
             )
-        return max(complete, key=lambda t: (t.value, -t.number))
+        return best
     chosen = next((t for t in trials if t.number == number), None)
     numbers = ", ".join(str(t.number) for t in complete) or "none"
     if chosen is None:
@@ -101,7 +104,7 @@ def choose_trial(optuna_study: optuna.Study, number: int | None) -> FrozenTrial:
 
 
 def select(
-    stores: study.Stores,
+    stores: Stores,
     name: str,
     out: Path,
     trial_number: int | None = None,
@@ -130,14 +133,14 @@ def select(
             f"--out {out} exists and is not empty; choose a new folder or pass "
             "--force to replace it"
         )
-    return choose_trial(study.open_study(stores, name), trial_number)
+    return choose_trial(open_study(stores, name), trial_number)
 
 
 def export(
     name: str,
     trial: FrozenTrial,
     out: Path,
-    stores: study.Stores,
+    stores: Stores,
     features: Features,
     register: bool = True,
     log: Callable[[str], None] = print,
@@ -162,26 +165,13 @@ def export(
             other data, or fails the parity check; `out` is then left as it was.
     """
     out = Path(out)
-    tracker = study.open_tracker(stores)
-    run_id = trial.user_attrs.get(study.RUN_ID_ATTR)
+    tracker = open_tracker(stores)
+    run_id = trial.user_attrs.get(keys.RUN_ID_ATTR)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         log(f"exporting trial {trial.number} of study {name!r} (run {run_id})")
-        config, info, weights = _fetch_best(tracker, trial, run_id, work / "fetched")
-        if info["data_checksum"] != features.checksum:
-            raise SweepError(
-                f"trial {trial.number} was trained on {info['data_source']} "
-                f"(checksum {info['data_checksum'][:12]}), not on {features.source} "
-                f"(checksum {features.checksum[:12]}); pass that --data-source"
-            )
-        try:
-            model = train.load_best(config, features, weights)
-        except (ValueError, OSError) as e:
-            raise SweepError(
-                f"the weights trial {trial.number} logged do not load into its "
-                f"model ({e})"
-            ) from None
+        model, best = _rebuild(tracker, trial, run_id, features, work / "fetched")
         folder = work / "export"
         folder.mkdir()
         model.save(folder / MODEL_FILE)
@@ -199,9 +189,9 @@ def export(
             "trial": trial.number,
             "mlflow_run_id": run_id,
             "params": trial.params,
-            "config": dataclasses.asdict(config),
+            "config": dataclasses.asdict(best.config),
             "best_val_top100_accuracy": trial.value,
-            "best_epoch": info["best_epoch"],
+            "best_epoch": best.epoch,
             "exported_val_top100_accuracy": accuracy,
             "data_source": features.source,
             "data_checksum": features.checksum,
@@ -218,29 +208,46 @@ def export(
     return ExportResult(out, trial.number, trial.value, accuracy, version)
 
 
+def _rebuild(
+    tracker, trial: FrozenTrial, run_id: str | None, features: Features, folder: Path
+) -> tuple[object, train.BestModel]:
+    """The trial's best model, rebuilt from its logged weights, and its record.
+
+    Raises:
+        SweepError: The weights are missing, were trained on other data, or do
+            not load into the model they describe.
+    """
+    best = _fetch_best(tracker, trial, run_id, folder)
+    if best.data_checksum != features.checksum:
+        raise SweepError(
+            f"trial {trial.number} was trained on {best.data_source} "
+            f"(checksum {best.data_checksum[:12]}), not on {features.source} "
+            f"(checksum {features.checksum[:12]}); pass that --data-source"
+        )
+    try:
+        return best.model(features), best
+    except (ValueError, OSError) as e:
+        raise SweepError(
+            f"the weights trial {trial.number} logged do not load into its model ({e})"
+        ) from None
+
+
 def _fetch_best(
     tracker, trial: FrozenTrial, run_id: str | None, folder: Path
-) -> tuple[train.TrainConfig, dict, Path]:
-    """Downloads the trial's best weights and their description."""
+) -> train.BestModel:
+    """Downloads the trial's best model (its weights and their description)."""
     missing = SweepError(
         f"trial {trial.number} kept no model in MLflow (run {run_id}, artifact "
-        f"{study.BEST_ARTIFACT}/); it was trained before trials kept their best "
+        f"{keys.BEST_ARTIFACT}/); it was trained before trials kept their best "
         "weights, or its run was deleted; export another trial with --trial"
     )
     if run_id is None:
         raise missing
-    folder.mkdir(parents=True)
-    try:
-        local = Path(
-            tracker.client.download_artifacts(run_id, study.BEST_ARTIFACT, str(folder))
-        )
-    except Exception:  # MLflow raises its own or OSError for a missing artifact
-        raise missing from None
-    weights, info_path = local / study.BEST_WEIGHTS_FILE, local / study.BEST_INFO_FILE
-    if not (weights.is_file() and info_path.is_file()):
+    local = tracker.download_folder(run_id, keys.BEST_ARTIFACT, folder)
+    best = train.BestModel.load(local) if local is not None else None
+    if best is None:
         raise missing
-    info = json.loads(info_path.read_text())
-    return train.TrainConfig(**info["config"]), info, weights
+    return best
 
 
 def load_model(path: Path, features: Features):
@@ -333,9 +340,7 @@ def write_serving(model, folder: Path) -> None:
         )
 
 
-def register_model(
-    stores: study.Stores, name: str, trial: FrozenTrial, folder: Path
-) -> str:
+def register_model(stores: Stores, name: str, trial: FrozenTrial, folder: Path) -> str:
     """Registers an export as an MLflow pyfunc model and moves `champion` to it.
 
     Returns:
@@ -343,35 +348,14 @@ def register_model(
     """
     import mlflow
     import pandas as pd
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import Array
 
     from sweep import mlflow_model
 
     users = serving.UserIndex.load(folder / serving.USERS_FILE)
     mlflow.set_tracking_uri(stores.tracking_uri)
     mlflow.set_registry_uri(stores.tracking_uri)
-    signature = ModelSignature(
-        inputs=Schema(
-            [ColSpec("long", "user_id")]
-            + [
-                ColSpec("long", f, required=False)
-                for f in QUERY_FEATURES
-                if f != "user_id"
-            ]
-        ),
-        outputs=Schema(
-            [
-                ColSpec(Array("long"), "movie_ids"),
-                ColSpec(Array("string"), "titles"),
-                ColSpec(Array("double"), "scores"),
-            ]
-        ),
-        params=ParamSchema([ParamSpec("k", "long", mlflow_model.DEFAULT_K)]),
-    )
-    run_id = trial.user_attrs[study.RUN_ID_ATTR]
-    tags = {"sweep.study": name, "sweep.trial": str(trial.number), "run_id": run_id}
+    run_id = trial.user_attrs[keys.RUN_ID_ATTR]
+    tags = {keys.STUDY_TAG: name, keys.TRIAL_TAG: str(trial.number), "run_id": run_id}
     versions = _versions()
     # Logged on the trial's run, so the registry links back to its curves.
     with mlflow.start_run(run_id=run_id):
@@ -383,7 +367,7 @@ def register_model(
                 "candidates": str(folder / serving.CANDIDATES_FILE),
                 "users": str(folder / serving.USERS_FILE),
             },
-            signature=signature,
+            signature=_signature(),
             input_example=pd.DataFrame({"user_id": users.user_ids[:2]}),
             pip_requirements=[
                 f"{package}=={versions[package]}"
@@ -399,6 +383,30 @@ def register_model(
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
     return version
+
+
+def _signature():
+    """The registered model's signature: query features in, top-k movies out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    from sweep import mlflow_model
+
+    optional = [
+        ColSpec("long", f, required=False) for f in QUERY_FEATURES if f != "user_id"
+    ]
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "user_id"), *optional]),
+        outputs=Schema(
+            [
+                ColSpec(Array("long"), "movie_ids"),
+                ColSpec(Array("string"), "titles"),
+                ColSpec(Array("double"), "scores"),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("k", "long", mlflow_model.DEFAULT_K)]),
+    )
 
 
 def _move_into_place(folder: Path, out: Path) -> None:

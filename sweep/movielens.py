@@ -13,6 +13,11 @@ occupation class labels, raw and bucketized age):
 
 `auto` tries, in order: tfds's prepared copy if it is on disk, a GroupLens folder
 named by `SWEEP_MOVIELENS_DIR`, the RecBole copy, a tfds download.
+
+The module is longer than most because each source's parser must reproduce
+tfds's encoding field by field (the class label tables, the age buckets, the
+title and date rules); split apart, those rules would be read in three places
+to check one record.
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ def main() -> None:
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from sweep.report import upload_files
+    from sweep.plots import upload_files
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:

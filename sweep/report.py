@@ -25,35 +25,20 @@ more than `PLOT_BUDGET` of its time.
 
 from __future__ import annotations
 
-import logging
-import shutil
 import sys
-import tempfile
 import time
-import warnings
-from pathlib import Path
 
 import optuna
 from mlflow.entities import Metric, RunTag
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep import keys, plots, summary
 from sweep.plotter import Plotter
 from sweep.tracking import Tracker
 
 PLOT_INTERVAL_SECONDS = 60.0
 # The largest share of a worker's wall time the plots between trials may take.
 PLOT_BUDGET = 0.02
-BEST_METRIC = "best_val_top100_accuracy"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-BEST_TRIALS_PLOTTED = 5
-DESCRIPTION_TAG = "mlflow.note.content"
-BASELINE_ATTR = "sweep.baseline"
-OPTUNA_PLOTS = (
-    "optimization_history",
-    "param_importances",
-    "parallel_coordinate",
-    "intermediate_values",
-)
 
 
 class StudyReport:
@@ -101,44 +86,43 @@ class StudyReport:
             time.monotonic() - self._plotted_at >= self.plot_interval()
         )
         try:
-            self.refresh(study, plots=due, table=not delegated)
+            self.refresh(study, draw=due, table=not delegated)
         except Exception as e:  # a report must never stop the sweep
             print(f"sweep: the study report was not refreshed ({e})", file=sys.stderr)
 
     def refresh(
-        self, study: optuna.Study, plots: bool = True, table: bool = True
+        self, study: optuna.Study, draw: bool = True, table: bool = True
     ) -> None:
         """Writes the report: best-so-far metric, description, and files.
 
         Args:
             study: The study.
-            plots: Draw and upload the plots (trials.csv always goes with them).
+            draw: Draw and upload the plots (trials.csv always goes with them).
             table: Upload trials.csv (without plots, the only file written).
         """
         trials = study.get_trials(deepcopy=False)
         client = self.tracker.client
-        if plots or table:
+        if draw or table:
             start = time.monotonic()
-            upload_files(client, self.parent_run_id, study, trials, plots)
-            if plots:
+            plots.upload_files(client, self.parent_run_id, study, trials, draw)
+            if draw:
                 self._plotted_at = time.monotonic()
                 self._plot_seconds = self._plotted_at - start
-        tags = [RunTag(DESCRIPTION_TAG, self.describe(study, trials))]
+        tags = [RunTag(keys.DESCRIPTION_TAG, self.describe(study, trials))]
         metrics = []
-        best = _best(trials)
+        best = summary.best_complete(trials)
         if best is not None:
-            finished = sum(t.state in FINISHED for t in trials)
+            finished = sum(t.state in keys.FINISHED for t in trials)
             now = int(time.time() * 1000)
-            metrics.append(Metric(BEST_METRIC, best.value, now, finished))
+            metrics.append(Metric(keys.BEST_ACCURACY, best.value, now, finished))
         client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
 
     def describe(self, study: optuna.Study, trials: list[FrozenTrial]) -> str:
         """The parent run's description: what ran, on what, and what won."""
         name = study.study_name
-        counts = {state: 0 for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-        for t in trials:
-            if t.state.name in counts:
-                counts[t.state.name] += 1
+        counts = keys.count_states(
+            trials, (*keys.FINISHED, TrialState.FAIL, TrialState.RUNNING)
+        )
         lines = [
             f"**Study `{name}`** from `{self.study_file}`, on MovieLens 100k from "
             f"{self.data_source}.",
@@ -146,14 +130,13 @@ class StudyReport:
             "Trials: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) + ".",
             "",
         ]
-        best = _best(trials)
+        best = summary.best_complete(trials)
         if best is not None:
-            params = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                               for k, v in best.params.items())  # fmt: skip
             lines += [
                 f"Best: **trial {best.number}**, val top-100 accuracy "
-                f"**{best.value:.4f}** at epoch {best.user_attrs.get('best_epoch')} "
-                f"({params}).",
+                f"**{best.value:.4f}** at epoch "
+                f"{best.user_attrs.get(keys.BEST_EPOCH_ATTR)} "
+                f"({summary.trial_text(best)}).",
                 "",
                 "Export it:",
                 "",
@@ -167,112 +150,3 @@ class StudyReport:
 def _best(trials: list[FrozenTrial]) -> FrozenTrial | None:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
-
-
-def upload_files(
-    client, run_id: str, study: optuna.Study, trials: list[FrozenTrial], plots: bool
-) -> None:
-    """Writes trials.csv (and the plots, if asked) into the study's run.
-
-    Args:
-        client: An MLflow client of the study's store.
-        run_id: The study's parent run.
-        study: The study.
-        trials: Its trials, as just read.
-        plots: Also draw and upload the plots under `report/`.
-    """
-    folder = Path(tempfile.mkdtemp(prefix="sweep-report-"))
-    try:
-        study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
-        client.log_artifact(run_id, str(folder / "trials.csv"))
-        if plots:
-            write_plots(study, trials, folder / "report")
-            client.log_artifacts(run_id, str(folder / "report"), "report")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def write_plots(study: optuna.Study, trials: list[FrozenTrial], folder: Path) -> None:
-    """Draws the accuracy curves and Optuna's plots into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    accuracy_curves(trials, folder / "top100_accuracy_vs_epoch.png")
-    optuna_folder = folder / "optuna"
-    optuna_folder.mkdir(exist_ok=True)
-    for name in OPTUNA_PLOTS:
-        optuna_plot(study, name, optuna_folder)
-
-
-def accuracy_curves(trials: list[FrozenTrial], path: Path) -> None:
-    """The reference-style "Top-100 accuracy vs epoch" of baselines and best trials.
-
-    Uses each trial's validations as reported to Optuna (epoch -> accuracy).
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    curves = [t for t in trials if t.intermediate_values]
-    baselines = [t for t in curves if t.user_attrs.get(BASELINE_ATTR)]
-    others = [t for t in curves if t not in baselines and t.value is not None]
-    best = sorted(others, key=lambda t: -max(t.intermediate_values.values()))
-    figure = Figure(figsize=(8, 5), dpi=100)
-    axes = figure.add_subplot()
-    for trial in baselines:
-        _plot_curve(axes, trial, "--", "baseline")
-    for trial in best[:BEST_TRIALS_PLOTTED]:
-        _plot_curve(axes, trial, "-", "trial")
-    axes.set_title("Top-100 accuracy vs epoch")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("val top-100 accuracy")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.grid(alpha=0.3)
-    if baselines or best:
-        axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path)
-
-
-def _plot_curve(axes, trial: FrozenTrial, style: str, kind: str) -> None:
-    steps = sorted(trial.intermediate_values)
-    p = trial.params
-    label = (
-        f"{kind} {trial.number}: depth {p.get('depth')}, width {p.get('width')}, "
-        f"emb {p.get('embedding_dim')}, lr {p.get('learning_rate', 0):.3g}"
-    )
-    axes.plot(steps, [trial.intermediate_values[s] for s in steps], style,
-              marker="o", label=label)  # fmt: skip
-
-
-def optuna_plot(study: optuna.Study, name: str, folder: Path) -> bool:
-    """One of Optuna's plots, as interactive HTML (plotly) and PNG (matplotlib).
-
-    Returns:
-        Whether it was drawn: some need more trials (e.g. parameter importances
-        need two complete trials that differ).
-    """
-    import optuna.visualization as plotly_plots
-    import optuna.visualization.matplotlib as matplotlib_plots
-
-    # Optuna marks its matplotlib plots experimental and warns when a plot has
-    # too few trials; the report just skips what cannot be drawn yet.
-    optuna_logger = logging.getLogger("optuna")
-    level = optuna_logger.level
-    optuna_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            figure = getattr(plotly_plots, f"plot_{name}")(study)
-            # Inline plotly.js: the HTML must render on machines without internet.
-            figure.write_html(folder / f"{name}.html", include_plotlyjs=True)
-            axes = getattr(matplotlib_plots, f"plot_{name}")(study)
-            png = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-            png.set_size_inches(9, 6)
-            png.tight_layout()
-            png.savefig(folder / f"{name}.png", dpi=100)
-            import matplotlib.pyplot as plt
-
-            plt.close(png)
-        return True
-    except (ValueError, RuntimeError, ZeroDivisionError):
-        return False
-    finally:
-        optuna_logger.setLevel(level)

@@ -1,10 +1,16 @@
-"""The `[space]` of a study -> Optuna distributions, and a trial -> a TrainConfig."""
+"""How a study searches: its distributions, sampler and pruner, and what a trial trains.
+
+`[space]` -> Optuna distributions; `[study]` -> the seeded sampler and the pruner;
+a trial -> the `TrainConfig` it trains.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import optuna
 
+from sweep import config as config_module
+from sweep import params
 from sweep.config import Param, Study
 from sweep.train import TrainConfig
 
@@ -41,14 +47,11 @@ def suggest(trial: optuna.Trial, study: Study) -> TrainConfig:
 
     Enqueued trials (the baselines) get their fixed values back from `suggest_*`.
     """
-    params = {
+    values = {
         name: _suggest(trial, name, dist) for name, dist in distributions(study).items()
     }
     return TrainConfig(
-        depth=int(params["depth"]),
-        width=int(params["width"]),
-        embedding_dim=int(params["embedding_dim"]),
-        learning_rate=float(params["learning_rate"]),
+        **{p.name: p.kind(values[p.name]) for p in params.SEARCHED},
         epochs=study.training.epochs,
         validation_freq=study.training.validation_freq,
         batch_size=study.training.batch_size,
@@ -64,3 +67,34 @@ def _suggest(trial: optuna.Trial, name: str, dist) -> int | float:
             name, dist.low, dist.high, step=dist.step, log=dist.log
         )
     return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+def make_sampler(
+    settings: config_module.StudySettings, offset: int = 0, worker: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded from the study seed.
+
+    Args:
+        settings: The `[study]` table.
+        offset: 0 for a new study; on resume, past the trials run so far.
+        worker: The worker's index, so parallel workers propose apart.
+    """
+    seed = settings.seed
+    if offset or worker:
+        seed = int(np.random.SeedSequence([seed, offset, worker]).generate_state(1)[0])
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(
+    settings: config_module.StudySettings, training: config_module.TrainingSettings
+) -> optuna.pruners.BasePruner:
+    """The study's pruner; steps are epochs, reported at each validation."""
+    if settings.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=training.validation_freq, max_resource=training.epochs
+        )
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)

@@ -29,23 +29,21 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from sweep import servers
+from sweep import keys, servers
 from sweep.errors import SweepError
+from sweep.keys import ROLE_TAG, STATE_TAG
 
 # The MLflow UI opens an experiment in its GenAI view unless it is marked as
 # model development.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-ROLE_TAG = "sweep.role"
-STATE_TAG = "sweep.trial_state"
 # The MLflow UI keeps its runs table's columns in the browser; a "shared view"
 # (the UI's Share button) is that state stored as an experiment tag, opened by
 # `?viewStateShareKey=<key>`. Each study's experiment carries one, so the
 # printed URL shows the scores and params of every trial, best first.
 VIEW_KEY = "sweep-trials"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-TRIAL_METRICS = ("val_top100_accuracy", "best_val_top100_accuracy", "best_epoch")
-# Optuna trial state -> MLflow run status.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+# The runs table's metric columns (the second is its sort order).
+TRIAL_METRICS = (keys.VAL_ACCURACY, keys.BEST_ACCURACY, keys.BEST_EPOCH)
 
 # MLflow's SQLite store runs alembic migrations on first use and logs each one.
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -69,27 +67,6 @@ logging.getLogger("mlflow.utils.async_logging.async_logging_queue").setLevel(
 # ending a run joins that thread. With buffering it waits on the stop event
 # instead, which ending a run sets: the run ends at once, its batches drained.
 os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
-
-
-_flushes = 0
-
-
-def _fault_point() -> None:
-    """Fault injection for the crash tests (off unless the variable is set).
-
-    `SWEEP_TEST_PAUSE_FLUSH=PATH:N` makes the N-th batch of this process touch
-    PATH and wait there, so a test can kill the process at a known point: before
-    that batch reaches MLflow.
-    """
-    global _flushes
-    spec = os.environ.get("SWEEP_TEST_PAUSE_FLUSH")
-    if not spec:
-        return
-    _flushes += 1
-    path, count = spec.rsplit(":", 1)
-    if _flushes == int(count):
-        Path(path).touch()
-        time.sleep(120)
 
 
 def _now_ms() -> int:
@@ -275,7 +252,7 @@ class Tracker:
             return
         self.client.log_batch(
             run_id,
-            tags=[RunTag(STATE_TAG, "FAIL"), RunTag("sweep.fail_reason", reason)],
+            tags=[RunTag(STATE_TAG, "FAIL"), RunTag(keys.FAIL_REASON_TAG, reason)],
         )
         self.client.set_terminated(run_id, "KILLED")
 
@@ -291,6 +268,17 @@ class Tracker:
             return None
         folder.mkdir(parents=True, exist_ok=True)
         local = self.client.download_artifacts(run_id, names[-1], str(folder))
+        return Path(local)
+
+    def download_folder(
+        self, run_id: str, artifact_path: str, folder: Path
+    ) -> Path | None:
+        """Fetches a folder a run logged into `folder`, or None if it has none."""
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            local = self.client.download_artifacts(run_id, artifact_path, str(folder))
+        except Exception:  # MLflow raises its own or OSError for a missing one
+            return None
         return Path(local)
 
 
@@ -332,7 +320,6 @@ class TrialRun:
         """
         if not (self._metrics or self._tags or self.params):
             return
-        _fault_point()
         start = time.perf_counter()
         batch = {"metrics": self._metrics, "params": self.params, "tags": self._tags}
         self._metrics, self._tags, self.params = [], [], []
@@ -429,6 +416,6 @@ class TrialRun:
         self._check_uploads()
         start = time.perf_counter()
         # Ending a run first drains MLflow's async queue (all our batches).
-        self.client.set_terminated(self.run_id, status or RUN_STATUS[state])
+        self.client.set_terminated(self.run_id, status or keys.RUN_STATUS[state])
         self.seconds += time.perf_counter() - start
         self._check_pending()

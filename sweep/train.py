@@ -7,6 +7,11 @@ Training is Keras `fit` on in-memory arrays (the features are precomputed, see
 validation ratings in one batch, retrieving once per user.
 Callbacks report each validation (for printing, pruning and tracking), keep the
 best validation's weights, and fail the trial if the loss diverges.
+
+The files a training leaves live here too, beside the code that writes and
+reads their contents: `Checkpoint` (to continue after the last validation) and
+`BestModel` (the best epoch's weights, for export), which is why the module
+runs a little long.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -23,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sweep import interrupts, memory
+from sweep import interrupts, memory, params
 from sweep.backend import keras
-from sweep.config import MAX_DEPTH, MAX_EPOCHS
+from sweep.config import MAX_EPOCHS
 from sweep.data import Features
 from sweep.errors import ConfigError, TrialFailed
+from sweep.home import atomic_write
 from sweep.model import METRIC_NAME, RetrievalModel, layer_sizes
 
 VAL_METRIC = f"val_{METRIC_NAME}"
@@ -58,35 +63,25 @@ class TrainConfig:
     seed: int = 42
 
     def __post_init__(self):
-        for name in ("depth", "width", "embedding_dim", "epochs", "validation_freq"):
+        for hyper in params.SEARCHED:
+            value = getattr(self, hyper.name)
+            problem = hyper.problem(value)
+            if problem:
+                raise ConfigError(f"{hyper.name} = {value!r}: expected {problem}")
+        for name in ("epochs", "validation_freq", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(
                     f"{name} = {value!r}: expected a whole number of at least 1"
                 )
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(
-                f"batch_size = {self.batch_size!r}: expected a whole number of at "
-                "least 1"
-            )
-        rate = self.learning_rate
-        if not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
-            raise ConfigError(
-                f"learning_rate = {rate!r}: expected a positive number such as 0.05"
-            )
         if self.epochs > MAX_EPOCHS:
             raise ConfigError(
                 f"epochs = {self.epochs}: expected at most {MAX_EPOCHS:,} (the "
                 "reference trains 30)"
             )
-        if self.depth > MAX_DEPTH:
-            raise ConfigError(
-                f"depth = {self.depth}: expected at most {MAX_DEPTH} dense layers: "
-                "each earlier layer doubles, so the first has width * 2**(depth - 1) "
-                "units; lower it"
-            )
         excess = memory.over_limit(
-            self.depth, self.width, self.embedding_dim, self.batch_size
+            **{p.name: getattr(self, p.name) for p in params.SEARCHED if p.sizes_model},
+            batch_size=self.batch_size,
         )
         if excess:
             raise ConfigError(
@@ -101,11 +96,8 @@ class TrainConfig:
     def params(self) -> dict:
         """The searched hyperparameters and the layer sizes they give."""
         return {
-            "depth": self.depth,
-            "width": self.width,
+            **{name: getattr(self, name) for name in params.NAMES},
             "layer_sizes": list(self.layer_sizes),
-            "embedding_dim": self.embedding_dim,
-            "learning_rate": self.learning_rate,
         }
 
     def validation_epochs(self) -> list[int]:
@@ -149,11 +141,6 @@ class TrainResult:
     train_seconds: float
     model: RetrievalModel | None = None
 
-    def save_best(self, path: Path) -> None:
-        """Writes the best validation's weights as a Keras `.weights.h5` file."""
-        self.model.set_weights(self.best_weights)
-        self.model.save_weights(path)
-
     def summary(self) -> dict:
         """The JSON form `sweep train --json` prints."""
         return {
@@ -193,11 +180,9 @@ class Checkpoint:
             "counts": [len(self.weights), len(self.optimizer), len(self.best_weights)],
             "validations": [dataclasses.asdict(v) for v in self.validations],
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
+        atomic_write(
+            path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        )
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
@@ -212,6 +197,91 @@ class Checkpoint:
                 validations=[Validation(**v) for v in meta["validations"]],
                 best_weights=[data[f"b{i}"] for i in range(best)],
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class BestModel:
+    """A trained configuration's best epoch: its weights and how to rebuild them.
+
+    Kept as two files in a folder (a trial run's `best_model/` artifact, which
+    `sweep export` turns into a servable model): the weights as a Keras
+    `.weights.h5` file, and a JSON description of the model and data they fit.
+
+    Attributes:
+        config: The configuration trained.
+        epoch: The best validation's epoch.
+        val_top100_accuracy: Its val top-100 accuracy.
+        data_source: The data it was trained on.
+        data_checksum: That data's checksum (an export must use the same).
+        weights: The weights file.
+    """
+
+    WEIGHTS_FILE = "model.weights.h5"
+    INFO_FILE = "best.json"
+
+    config: TrainConfig
+    epoch: int
+    val_top100_accuracy: float
+    data_source: str
+    data_checksum: str
+    weights: Path
+
+    @classmethod
+    def save(
+        cls, folder: Path, config: TrainConfig, result: TrainResult, features: Features
+    ) -> BestModel:
+        """Writes `result`'s best weights and their description into `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / cls.WEIGHTS_FILE
+        result.model.set_weights(result.best_weights)
+        result.model.save_weights(weights)
+        best = cls(
+            config,
+            result.best.epoch,
+            result.best.val_top100_accuracy,
+            features.source,
+            features.checksum,
+            weights,
+        )
+        info = {
+            "config": dataclasses.asdict(config),
+            "best_epoch": best.epoch,
+            "best_val_top100_accuracy": best.val_top100_accuracy,
+            "data_source": best.data_source,
+            "data_checksum": best.data_checksum,
+        }
+        (folder / cls.INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        return best
+
+    @classmethod
+    def load(cls, folder: Path) -> BestModel | None:
+        """What `save` wrote into `folder`, or None if either file is missing."""
+        weights, info_path = folder / cls.WEIGHTS_FILE, folder / cls.INFO_FILE
+        if not (weights.is_file() and info_path.is_file()):
+            return None
+        info = json.loads(info_path.read_text())
+        return cls(
+            TrainConfig(**info["config"]),
+            info["best_epoch"],
+            info["best_val_top100_accuracy"],
+            info["data_source"],
+            info["data_checksum"],
+            weights,
+        )
+
+    def model(self, features: Features) -> RetrievalModel:
+        """The model of `config` holding these weights.
+
+        Raises:
+            ValueError: The file does not fit the configuration's model.
+        """
+        model = build_model(self.config, features)
+        x, _ = features.examples(np.arange(1))
+        model(x, training=False)  # builds every layer, so the weights can load
+        # The file holds the optimizer's state too; a built optimizer takes it.
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(self.weights)
+        return model
 
 
 class ValidationTracker(keras.callbacks.Callback):
@@ -299,22 +369,6 @@ def _best(validations: list[Validation]) -> Validation | None:
     return best
 
 
-def enable_compilation_cache(folder: Path) -> None:
-    """Keeps XLA compilations on disk (JAX's persistent compilation cache).
-
-    Trials of the same shapes, in this process or a later one, then skip
-    compiling: a cold trial of the reference configuration drops from about 14 s
-    to 5.5 s on 2 cores. A folder the user chose with JAX's own
-    `JAX_COMPILATION_CACHE_DIR` wins over `folder`.
-    """
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def seed_everything(seed: int) -> None:
     """Seeds Python, NumPy and Keras's global seed generator (weights, shuffling).
 
@@ -365,21 +419,6 @@ def build_model(config: TrainConfig, features: Features) -> RetrievalModel:
     model.set_users(features.users)
     model.set_step_size(config.batch_size)
     model.compile(optimizer=keras.optimizers.Adagrad(config.learning_rate))
-    return model
-
-
-def load_best(config: TrainConfig, features: Features, path: Path) -> RetrievalModel:
-    """A model of `config` holding the weights `TrainResult.save_best` wrote.
-
-    Raises:
-        ValueError: The file does not fit the configuration's model.
-    """
-    model = build_model(config, features)
-    x, _ = features.examples(np.arange(1))
-    model(x, training=False)  # builds every layer, so the weights can load
-    # The file holds the optimizer's state too; a built optimizer takes it.
-    model.optimizer.build(model.trainable_variables)
-    model.load_weights(path)
     return model
 
 

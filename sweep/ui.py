@@ -27,6 +27,24 @@ from sweep.tracking import EXPERIMENT_KIND, VIEW_KEY, is_server
 STARTUP_SECONDS = 120
 
 
+def browse_hint(stores, experiment_id: str) -> str:
+    """The line that tells where to browse a study's trials after a sweep.
+
+    Args:
+        stores: The study's `sweep.stores.Stores`.
+        experiment_id: Its MLflow experiment.
+    """
+    uri = stores.tracking_uri
+    if is_server(uri):
+        # A tracking server serves its own UI.
+        return f"Browse the trials: {runs_url(uri.rstrip('/'), experiment_id)}"
+    command = "sweep ui" + ("" if stores.default_tracking else f" --tracking-uri {uri}")
+    return (
+        f"Browse the trials: {command}, then open "
+        f"{runs_url('http://127.0.0.1:5000', experiment_id)}"
+    )
+
+
 def runs_url(base_url: str, experiment_id: str) -> str:
     """The runs table of an experiment, best trial first, in the model view.
 

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 import yaml
 
-from sweep.study import BEST_ARTIFACT, RUN_ID_ATTR
+from sweep.keys import BEST_ARTIFACT, RUN_ID_ATTR
 from tests import postgres, synthetic
 from tests.conftest import REPO, skip_without_postgres, wait_for_health
 from tests.test_cli import run_sweep

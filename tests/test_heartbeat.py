@@ -5,14 +5,15 @@ import sqlite3
 
 import optuna
 
-from sweep import study as study_module
-from sweep.study import RUN_ID_ATTR, WORKER_ATTR
+from sweep import retries
+from sweep import stores as stores_module
+from sweep.keys import RUN_ID_ATTR, WORKER_ATTR
 
 
 def test_stale_heartbeat_fails_the_trial_kills_its_run_and_queues_a_retry(tmp_path):
-    stores = study_module.resolve_stores(tmp_path)
-    tracker = study_module.open_tracker(stores)
-    storage = study_module.open_storage(stores.storage, tracker, max_retries=1)
+    stores = stores_module.resolve_stores(tmp_path)
+    tracker = stores_module.open_tracker(stores)
+    storage = stores_module.open_storage(stores.storage, tracker, max_retries=1)
     study = optuna.create_study(study_name="hb", storage=storage, direction="maximize")
     experiment = tracker.experiment("hb", [])
     parent = tracker.start_study_run(experiment, "hb", {})
@@ -56,22 +57,22 @@ def test_stale_heartbeat_fails_the_trial_kills_its_run_and_queues_a_retry(tmp_pa
 
 
 def test_fail_orphaned_trials_leaves_live_and_remote_workers_alone(tmp_path):
-    stores = study_module.resolve_stores(tmp_path)
-    tracker = study_module.open_tracker(stores)
-    storage = study_module.open_storage(stores.storage, tracker)
+    stores = stores_module.resolve_stores(tmp_path)
+    tracker = stores_module.open_tracker(stores)
+    storage = stores_module.open_storage(stores.storage, tracker)
     study = optuna.create_study(study_name="o", storage=storage)
     alive = study.ask()
-    alive.set_user_attr(WORKER_ATTR, study_module.worker_identity())
+    alive.set_user_attr(WORKER_ATTR, retries.worker_identity())
     remote = study.ask()
     remote.set_user_attr(WORKER_ATTR, {"host": "another-machine", "pid": 999999})
-    assert study_module.fail_orphaned_trials(study, tracker) == []
+    assert retries.fail_orphaned_trials(study, tracker) == []
     assert {t.state.name for t in study.get_trials()} == {"RUNNING"}
 
 
 def test_trials_no_worker_took_up_are_failed_and_queued_again(tmp_path):
-    stores = study_module.resolve_stores(tmp_path)
-    tracker = study_module.open_tracker(stores)
-    storage = study_module.open_storage(stores.storage, tracker)
+    stores = stores_module.resolve_stores(tmp_path)
+    tracker = stores_module.open_tracker(stores)
+    storage = stores_module.open_storage(stores.storage, tracker)
     study = optuna.create_study(study_name="u", storage=storage)
     # A queued configuration taken from the queue, and a sampled trial, whose
     # commits reached the database but not their workers; a trial a worker
@@ -86,7 +87,7 @@ def test_trials_no_worker_took_up_are_failed_and_queued_again(tmp_path):
         db.execute("update trials set datetime_start = datetime('now', '-5 minutes')")
     recent = study.ask()
 
-    failed = study_module.fail_unclaimed_trials(study, study.get_trials(), tracker)
+    failed = retries.fail_unclaimed_trials(study, study.get_trials(), tracker)
 
     assert sorted(failed) == [queued.number, sampled.number]
     states = {t.number: t.state.name for t in study.get_trials()}

@@ -5,7 +5,8 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from sweep import config, interrupts, study
+from sweep import config, interrupts, keys, study
+from sweep import stores as stores_module
 from tests.test_study import STUDY, baseline
 
 
@@ -51,14 +52,14 @@ def test_a_stop_dropped_between_trials_requeues_the_trial_it_stops(
 ):
     text = STUDY.format(name="s", n_trials=2, sampler="random", rates="0.05",
                         baselines=baseline(0.05))  # fmt: skip
-    stores = study.resolve_stores(tmp_path / "home")
+    stores = stores_module.resolve_stores(tmp_path / "home")
     session = study.launch(config.parse_study(text, tmp_path / "s.toml"), stores)
     monkeypatch.setattr(interrupts, "_requested", signal.SIGINT)  # dropped earlier
     with pytest.raises(KeyboardInterrupt):
         study.run(session, synthetic_features, tmp_path / "ckpt", progress=False)
     stopped, retry = session.study.get_trials()
     assert stopped.state == TrialState.FAIL
-    assert stopped.user_attrs[study.INTERRUPTED_ATTR]
+    assert stopped.user_attrs[keys.INTERRUPTED_ATTR]
     # The baseline's retry waits with the baseline's params.
     assert retry.state == TrialState.WAITING
     assert retry.system_attrs["fixed_params"] == stopped.system_attrs["fixed_params"]

@@ -15,7 +15,7 @@ import requests
 import sqlalchemy
 
 from sweep import servers, storage
-from sweep import study as study_module
+from sweep import stores as stores_module
 from tests import postgres, synthetic
 from tests.test_cli import run_sweep, start_sweep
 
@@ -82,7 +82,7 @@ def always_refused():
 def test_storage_rides_out_a_postgres_restart(postgres_server):
     database = postgres_server
     url = database.create_database("restart")
-    opened = study_module.open_storage(url)
+    opened = stores_module.open_storage(url)
     study = optuna.create_study(study_name="s", storage=opened)
     trial = study.ask()
     opened.record_heartbeat(trial._trial_id)

@@ -2,7 +2,7 @@
 
 import sqlalchemy
 
-from sweep import sqlite, study
+from sweep import sqlite, stores
 
 
 def synchronous(engine):
@@ -12,7 +12,7 @@ def synchronous(engine):
 
 def test_optuna_storage_is_wal_and_commits_with_synchronous_normal(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    storage = study.open_storage(url)
+    storage = stores.open_storage(url)
     with storage.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert synchronous(storage.engine) == 1  # NORMAL

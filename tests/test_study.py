@@ -7,9 +7,10 @@ import optuna
 import pytest
 
 from sweep import config, train
+from sweep import stores as stores_module
 from sweep import study as study_module
 from sweep.errors import SweepError
-from sweep.study import BEST_ARTIFACT, PARENT_RUN_ATTR, RUN_ID_ATTR
+from sweep.keys import BEST_ARTIFACT, PARENT_RUN_ATTR, RUN_ID_ATTR
 from tests import synthetic
 from tests.test_cli import assert_one_line_error, run_sweep
 
@@ -229,7 +230,7 @@ def test_resume_raises_the_target_and_never_requeues_baselines(tmp_path, spec):
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_resumed_and_parallel_samplers_do_not_replay_proposals(sampler):
     from sweep.config import StudySettings
-    from sweep.study import make_sampler
+    from sweep.space import make_sampler
 
     settings = StudySettings(name="x", n_trials=5, seed=42, sampler=sampler)
     space = {"lr": optuna.distributions.FloatDistribution(0.01, 0.5, log=True)}
@@ -253,7 +254,7 @@ def test_an_upload_that_keeps_failing_fails_its_trial_and_ends_its_run(
     monkeypatch.setattr(study_module, "MAX_CONSECUTIVE_FAILURES", 1)
     text = STUDY.format(name="u", n_trials=1, sampler="random", rates="0.05",
                         baselines="")  # fmt: skip
-    stores = study_module.resolve_stores(tmp_path / "home")
+    stores = stores_module.resolve_stores(tmp_path / "home")
     session = study_module.launch(config.parse_study(text, tmp_path / "u.toml"), stores)
     with pytest.raises(SweepError, match="all failed"):
         study_module.run(session, synthetic_features, tmp_path / "ckpt", progress=False)

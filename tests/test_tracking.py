@@ -4,8 +4,9 @@ import pytest
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 
+from sweep.keys import STATE_TAG
 from sweep.report import PLOT_BUDGET, PLOT_INTERVAL_SECONDS, StudyReport
-from sweep.tracking import STATE_TAG, RetryingClient, Tracker
+from sweep.tracking import RetryingClient, Tracker
 
 
 class Flaky:

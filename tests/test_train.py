@@ -26,9 +26,13 @@ def test_params_carry_layer_sizes():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("depth", 0, "depth = 0: expected a whole number of at least 1"),
+        ("depth", 0, "depth = 0: expected a whole number of dense layers, at least 1"),
         ("epochs", 2.5, "epochs = 2.5"),
-        ("learning_rate", 0.0, "learning_rate = 0.0: expected a positive number"),
+        (
+            "learning_rate",
+            0.0,
+            "learning_rate = 0.0: expected a positive Adagrad learning rate",
+        ),
         ("learning_rate", -1, "learning_rate = -1"),
         ("learning_rate", math.nan, "learning_rate = nan"),
     ],

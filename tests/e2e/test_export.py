@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep.study import BEST_ARTIFACT, BEST_WEIGHTS_FILE, RUN_ID_ATTR
+from sweep.keys import BEST_ARTIFACT, RUN_ID_ATTR
+from sweep.train import BestModel
 from tests.test_cli import assert_one_line_error, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -179,7 +180,7 @@ def test_parity_check_fails_on_a_tampered_weight_file(smoke, exported, tmp_path)
     # The run's artifact store is a local folder here: tamper with the file in it.
     stored = (
         Path(run.info.artifact_uri.removeprefix("file://")) / BEST_ARTIFACT
-        / BEST_WEIGHTS_FILE
+        / BestModel.WEIGHTS_FILE
     )  # fmt: skip
     original = stored.read_bytes()
     try:

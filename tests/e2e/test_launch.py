@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sweep.config import load_study
-from sweep.study import BEST_ARTIFACT, EXPERIMENT_ATTR, PARENT_RUN_ATTR, RUN_ID_ATTR
+from sweep.keys import BEST_ARTIFACT, EXPERIMENT_ATTR, PARENT_RUN_ATTR, RUN_ID_ATTR
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -1,20 +1,24 @@
 """Crashes, interrupts and resumes of a sweep on the real data, in subprocesses.
 
-A sweep is stopped at a known point (a fault-injection pause before the N-th
-MLflow batch of the process: 2 = the first validation, 3 = the second, 4 = the
-trial's final batch), then resumed; afterwards both stores must agree that no
+A sweep is stopped at a known point (`tests.pause_flush`: a pause before the
+N-th MLflow batch of the process: 2 = the first validation, 3 = the second,
+4 = the trial's final batch), then resumed; afterwards both stores must agree that no
 trial was lost, none ran twice and no run was left RUNNING.
 """
 
 import collections
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import mlflow
 import optuna
 import pytest
 
-from tests.test_cli import run_sweep, start_sweep
+from tests.conftest import REPO
+from tests.test_cli import run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +47,15 @@ def start_launch(tmp_path, home, pause_at):
     study_file = tmp_path / "crash.toml"
     study_file.write_text(STUDY)
     marker = tmp_path / "paused"
-    env = {"SWEEP_HOME": str(home), "SWEEP_TEST_PAUSE_FLUSH": f"{marker}:{pause_at}"}
-    proc = start_sweep("launch", str(study_file), "--data-source", "recbole", env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.pause_flush", str(marker), str(pause_at),
+         "launch", str(study_file), "--data-source", "recbole"],
+        env={**os.environ, "SWEEP_HOME": str(home)},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert proc.poll() is None, proc.communicate()

@@ -1,0 +1,66 @@
+"""Every key `sweep` writes into Optuna and MLflow, and the trial-state groups.
+
+Optuna keeps a study's settings and each trial's bookkeeping in user attrs;
+MLflow keeps each run's tags, params, metrics and artifacts. The names live
+here so that the writer (objective, tracking, report) and the readers (status,
+export, retries, tests) cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from optuna.trial import TrialState
+
+# Optuna study user attrs.
+STUDY_FILE_ATTR = "sweep.study_file"  # the study file's text, as launched
+TARGET_ATTR = "n_trials"  # finished trials the study aims for
+EXPERIMENT_ATTR = "mlflow_experiment_id"
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+
+# Optuna trial user attrs.
+RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
+WORKER_ATTR = "sweep.worker"  # {"host", "pid"} of the process running it
+INTERRUPTED_ATTR = "sweep.interrupted"  # failed by Ctrl-C or SIGTERM: re-queue it
+SURPLUS_ATTR = "sweep.surplus"  # started after the target was reached; dropped
+BASELINE_ATTR = "sweep.baseline"  # queued from the study file's [[baselines]]
+FAIL_REASON_ATTR = "fail_reason"
+BEST_EPOCH_ATTR = "best_epoch"
+PRUNED_AT_ATTR = "pruned_at_epoch"
+RESUMED_FROM_ATTR = "resumed_from_epoch"
+TRACKING_SECONDS_ATTR = "tracking_seconds"
+
+# MLflow tags.
+ROLE_TAG = "sweep.role"  # "study" (the parent run) or "trial"
+STATE_TAG = "sweep.trial_state"  # the trial's Optuna state
+STUDY_FILE_TAG = "sweep.study_file"  # the parent run's study file name
+RETRY_TAG = "sweep.retry_of"  # the trial number a retry continues
+RESUMED_FROM_TAG = "sweep.resumed_from_epoch"
+PRUNED_AT_TAG = "sweep.pruned_at_epoch"
+FAIL_REASON_TAG = "sweep.fail_reason"
+STUDY_TAG = "sweep.study"  # on a registered model version
+TRIAL_TAG = "sweep.trial"  # on a registered model version
+DESCRIPTION_TAG = "mlflow.note.content"  # the run's description in the UI
+
+# MLflow metrics of a trial run (steps are epochs).
+LOSS = "loss"
+VAL_LOSS = "val_loss"
+VAL_ACCURACY = "val_top100_accuracy"
+BEST_ACCURACY = "best_val_top100_accuracy"
+BEST_EPOCH = "best_epoch"
+TRACKING_SECONDS = "tracking_seconds"
+
+# MLflow artifact folders of a trial run.
+CHECKPOINT_ARTIFACT = "checkpoint"  # the last checkpoint, for a retry elsewhere
+BEST_ARTIFACT = "best_model"  # the best epoch's weights (`train.BestModel`)
+
+# Trial states: what `n_trials` counts, and a trial's MLflow run status.
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+
+
+def count_states(trials, states=tuple(TrialState)) -> dict[str, int]:
+    """How many of `trials` are in each of `states`, by state name (in order)."""
+    counts = {state.name: 0 for state in states}
+    for trial in trials:
+        if trial.state.name in counts:
+            counts[trial.state.name] += 1
+    return counts

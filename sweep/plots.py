@@ -1,0 +1,138 @@
+"""The study report's drawings and files, written into its MLflow parent run.
+
+    report/top100_accuracy_vs_epoch.png   the reference's plot: the baselines
+                                          and the best trials, per validation
+    report/optuna/<plot>.html and .png    Optuna's optimization history,
+                                          parameter importances, parallel
+                                          coordinates and intermediate values
+    trials.csv                            every trial's params, state, scores
+
+Drawn by the worker (`sweep.report`) and by its low-priority child process
+(`sweep.plotter`), which both call `upload_files`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from sweep import keys, params
+
+BEST_TRIALS_PLOTTED = 5
+OPTUNA_PLOTS = (
+    "optimization_history",
+    "param_importances",
+    "parallel_coordinate",
+    "intermediate_values",
+)
+
+
+def upload_files(
+    client, run_id: str, study: optuna.Study, trials: list[FrozenTrial], plots: bool
+) -> None:
+    """Writes trials.csv (and the plots, if asked) into the study's run.
+
+    Args:
+        client: An MLflow client of the study's store.
+        run_id: The study's parent run.
+        study: The study.
+        trials: Its trials, as just read.
+        plots: Also draw and upload the plots under `report/`.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="sweep-report-"))
+    try:
+        study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
+        client.log_artifact(run_id, str(folder / "trials.csv"))
+        if plots:
+            write_plots(study, trials, folder / "report")
+            client.log_artifacts(run_id, str(folder / "report"), "report")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_plots(study: optuna.Study, trials: list[FrozenTrial], folder: Path) -> None:
+    """Draws the accuracy curves and Optuna's plots into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    accuracy_curves(trials, folder / "top100_accuracy_vs_epoch.png")
+    optuna_folder = folder / "optuna"
+    optuna_folder.mkdir(exist_ok=True)
+    for name in OPTUNA_PLOTS:
+        optuna_plot(study, name, optuna_folder)
+
+
+def accuracy_curves(trials: list[FrozenTrial], path: Path) -> None:
+    """The reference-style "Top-100 accuracy vs epoch" of baselines and best trials.
+
+    Uses each trial's validations as reported to Optuna (epoch -> accuracy).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    curves = [t for t in trials if t.intermediate_values]
+    baselines = [t for t in curves if t.user_attrs.get(keys.BASELINE_ATTR)]
+    others = [t for t in curves if t not in baselines and t.value is not None]
+    best = sorted(others, key=lambda t: -max(t.intermediate_values.values()))
+    figure = Figure(figsize=(8, 5), dpi=100)
+    axes = figure.add_subplot()
+    for trial in baselines:
+        _plot_curve(axes, trial, "--", "baseline")
+    for trial in best[:BEST_TRIALS_PLOTTED]:
+        _plot_curve(axes, trial, "-", "trial")
+    axes.set_title("Top-100 accuracy vs epoch")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("val top-100 accuracy")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    if baselines or best:
+        axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def _plot_curve(axes, trial: FrozenTrial, style: str, kind: str) -> None:
+    steps = sorted(trial.intermediate_values)
+    label = f"{kind} {trial.number}: {params.text(trial.params)}"
+    axes.plot(steps, [trial.intermediate_values[s] for s in steps], style,
+              marker="o", label=label)  # fmt: skip
+
+
+def optuna_plot(study: optuna.Study, name: str, folder: Path) -> bool:
+    """One of Optuna's plots, as interactive HTML (plotly) and PNG (matplotlib).
+
+    Returns:
+        Whether it was drawn: some need more trials (e.g. parameter importances
+        need two complete trials that differ).
+    """
+    import optuna.visualization as plotly_plots
+    import optuna.visualization.matplotlib as matplotlib_plots
+
+    # Optuna marks its matplotlib plots experimental and warns when a plot has
+    # too few trials; the report just skips what cannot be drawn yet.
+    optuna_logger = logging.getLogger("optuna")
+    level = optuna_logger.level
+    optuna_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            figure = getattr(plotly_plots, f"plot_{name}")(study)
+            # Inline plotly.js: the HTML must render on machines without internet.
+            figure.write_html(folder / f"{name}.html", include_plotlyjs=True)
+            axes = getattr(matplotlib_plots, f"plot_{name}")(study)
+            png = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            png.set_size_inches(9, 6)
+            png.tight_layout()
+            png.savefig(folder / f"{name}.png", dpi=100)
+            import matplotlib.pyplot as plt
+
+            plt.close(png)
+        return True
+    except (ValueError, RuntimeError, ZeroDivisionError):
+        return False
+    finally:
+        optuna_logger.setLevel(level)

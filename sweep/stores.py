@@ -1,0 +1,231 @@
+"""Where a study's state lives: the Optuna storage and the MLflow tracking store.
+
+Both are given as URLs (flags, then `SWEEP_STORAGE` / `MLFLOW_TRACKING_URI`,
+then the SQLite files under `$SWEEP_HOME`). Opening them turns every way they
+can be wrong (not a database, another program's tables, a refused password,
+an unreachable server) into one line that names the store without its
+password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import sqlalchemy.exc
+from mlflow.exceptions import MlflowException
+
+from sweep import servers, sqlite
+from sweep.errors import SweepError
+from sweep.home import Home
+from sweep.retries import (
+    DEFAULT_MAX_RETRIES,
+    GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    RetryStaleTrial,
+)
+from sweep.storage import Storage
+from sweep.tracking import Tracker, is_server
+
+
+@dataclasses.dataclass(frozen=True)
+class Stores:
+    """Where a study's state lives.
+
+    Attributes:
+        storage: The Optuna RDB storage URL.
+        tracking_uri: The MLflow tracking URI.
+        artifact_root: Where MLflow keeps artifacts when the store is local.
+        default_tracking_uri: The home's own tracking store (`mlflow.db`).
+    """
+
+    storage: str
+    tracking_uri: str
+    artifact_root: Path | None
+    default_tracking_uri: str = ""
+
+    @property
+    def default_tracking(self) -> bool:
+        """Whether the tracking store is the home's own (`sweep ui` finds it)."""
+        return self.tracking_uri == self.default_tracking_uri
+
+
+def resolve_stores(
+    home: Home | Path, storage: str | None = None, tracking_uri: str | None = None
+) -> Stores:
+    """The stores to use: flags, then environment, then SQLite under `home`.
+
+    The environment variables are `SWEEP_STORAGE` and `MLFLOW_TRACKING_URI`;
+    the defaults are `Home.optuna_url` and `Home.mlflow_uri`.
+    """
+    home = Home.at(home)
+    storage = storage or os.environ.get("SWEEP_STORAGE")
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not storage or not tracking_uri:
+        home.root.mkdir(parents=True, exist_ok=True)
+    storage = storage or home.optuna_url
+    tracking_uri = tracking_uri or home.mlflow_uri
+    local = not tracking_uri.startswith(("http://", "https://", "databricks"))
+    return Stores(
+        storage, tracking_uri, home.artifacts if local else None, home.mlflow_uri
+    )
+
+
+def open_tracker(stores: Stores) -> Tracker:
+    """The MLflow side, its store created (once, under a lock) if new.
+
+    Raises:
+        SweepError: The store cannot be used (e.g. a server refusing the
+            credentials, a file that is not a database).
+        servers.ServerUnavailable: The tracking server did not answer within
+            the server wait.
+    """
+    uri = stores.tracking_uri
+    try:
+        sqlite.use_wal(uri)
+        with sqlite.setup_lock(uri):
+            # MlflowClient creates (migrates) its store as it is constructed.
+            tracker = Tracker(uri, stores.artifact_root)
+        tracker.check()
+    except (MlflowException, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as e:
+        hint = (
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            if " 401 " in f" {e} " or "not authenticated" in str(e).lower()
+            else "check the URI, and that the server or file is an MLflow store"
+        )
+        raise SweepError(
+            f"cannot use the MLflow tracking store {servers.redact(uri)} "
+            f"({servers.one_line(e)[:300]}); {hint}"
+        ) from None
+    return tracker
+
+
+def check_servers(stores: Stores) -> None:
+    """Opens the stores that are servers (not files): one that fails is told now.
+
+    Raises:
+        SweepError: A server refused (e.g. a wrong password).
+        servers.ServerUnavailable: A server did not answer within the wait.
+    """
+    if is_server(stores.tracking_uri):
+        open_tracker(stores)
+    if sqlite.path_of(stores.storage) is None:
+        open_storage(stores.storage)
+
+
+def open_storage(
+    url: str, tracker: Tracker | None = None, max_retries: int = DEFAULT_MAX_RETRIES
+) -> optuna.storages.RDBStorage:
+    """Opens (creating if needed) the Optuna storage at `url`, with heartbeats.
+
+    Args:
+        url: The storage URL.
+        tracker: Ends the MLflow runs of trials found stale.
+        max_retries: How many times a stale trial is retried.
+
+    Raises:
+        SweepError: The URL is not a database URL or the database is unreachable.
+    """
+    engine_kwargs = {}
+    if url.startswith("sqlite"):
+        # Wait for a busy database instead of failing at once.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    with _storage_errors(servers.redact(url)):
+        sqlite.use_wal(url)
+        with sqlite.setup_lock(url):
+            for attempt in range(3):  # returns, or raises on the last
+                try:
+                    return Storage(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=HEARTBEAT_SECONDS,
+                        grace_period=GRACE_SECONDS,
+                        heartbeat_stale_trial_callback=RetryStaleTrial(
+                            tracker, max_retries
+                        ),
+                    )
+                except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                    # Workers creating a new database's tables at once (on
+                    # PostgreSQL, where the file lock cannot help): the loser
+                    # finds them made on its next try.
+                    if attempt == 2:
+                        raise
+                    time.sleep(1 + attempt)
+
+
+@contextlib.contextmanager
+def _storage_errors(shown: str) -> Iterator[None]:
+    """Turns the ways a storage URL can be wrong into one line naming it."""
+    try:
+        yield
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
+        raise SweepError(
+            f"storage {shown!r} is not a database URL ({servers.one_line(e)}); "
+            "expected e.g. sqlite:///path/optuna.db or postgresql://user@host/db"
+        ) from None
+    except (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.DatabaseError,
+        sqlite3.DatabaseError,
+    ) as e:
+        raise SweepError(
+            f"cannot open the Optuna storage {shown!r} ({servers.one_line(e)}); "
+            "check the URL, its user and password, and that the file or "
+            "database is an Optuna storage"
+        ) from None
+    except RuntimeError as e:
+        # Optuna's schema check: the database holds another program's tables
+        # (e.g. MLflow's, whose alembic revision table has the same name).
+        raise SweepError(
+            f"the database {shown!r} is not an Optuna storage "
+            f"({servers.one_line(e)}); give Optuna a database of its own"
+        ) from None
+    except ImportError as e:
+        raise SweepError(
+            f"storage {shown!r} needs a database driver that is not installed ({e})"
+        ) from None
+
+
+def open_study(stores: Stores, name: str) -> optuna.Study:
+    """An existing study, to read (export, reports); never creates a store.
+
+    Raises:
+        SweepError: The store or the study does not exist.
+    """
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    path = sqlite.path_of(stores.storage)
+    if path is not None and not path.is_file():
+        raise SweepError(
+            f"no study {name!r}: there is no Optuna storage at {path}; launch "
+            "a study first (sweep launch STUDY_FILE), or pass --storage / set "
+            "SWEEP_HOME to where it ran"
+        )
+    storage = open_storage(stores.storage)
+    check_exists(storage, stores.storage, name)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    """The names of the studies in `storage`."""
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+def check_exists(storage: optuna.storages.BaseStorage, url: str, name: str) -> None:
+    """Raises the one "no study" error unless `storage` holds study `name`.
+
+    Raises:
+        SweepError: It does not; the message lists the studies that are there.
+    """
+    names = study_names(storage)
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise SweepError(
+            f"no study {name!r} in {servers.redact(url)} (studies there: {known}); "
+            "start it with `sweep launch STUDY_FILE`"
+        )

@@ -1,0 +1,248 @@
+"""What each `sweep` verb does, from its parsed arguments to its output.
+
+`sweep.cli` parses the command line and calls one function here per verb;
+these open the home and the stores, load the data, call the module that does
+the work, and print what the user sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from sweep import config as config_module
+from sweep import data, keys, retries, servers, study, summary, ui, workers
+from sweep.data import Features
+from sweep.home import Home
+from sweep.stores import Stores, check_servers, resolve_stores
+
+
+def train(config, data_source: str, as_json: bool = False) -> int:
+    """`sweep train`: trains one configuration, prints its validations and best.
+
+    Args:
+        config: The `sweep.train.TrainConfig` to train.
+        data_source: Where MovieLens comes from.
+        as_json: Print one JSON summary on stdout (progress on stderr) instead.
+    """
+    from sweep import train as train_module
+
+    log = (lambda line: print(line, file=sys.stderr)) if as_json else print
+    home = Home.from_environment()
+    features = data.load(data_source, home=home, log=log)
+    home.use_compilation_cache()
+    log(
+        f"training layer sizes {list(config.layer_sizes)}, embedding "
+        f"{config.embedding_dim}, Adagrad {config.learning_rate}, "
+        f"{config.epochs} epochs"
+    )
+
+    def report(v: train_module.Validation) -> None:
+        log(
+            f"epoch {v.epoch:3d}  val_loss {v.val_loss:.4f}  "
+            f"val_top100_accuracy {v.val_top100_accuracy:.4f}"
+        )
+
+    result = train_module.train(config, features, on_validation=report)
+    if as_json:
+        print(json.dumps(result.summary()))
+    else:
+        print(
+            f"best val_top100_accuracy {result.best.val_top100_accuracy:.4f} at "
+            f"epoch {result.best.epoch} ({result.train_seconds:.1f} s)"
+        )
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a `sweep launch` or `sweep resume` process runs its study.
+
+    Attributes:
+        n_trials: The finished trials to reach (None: the study's own).
+        workers: Worker processes on this machine.
+        max_retries: Times a trial whose worker died or was interrupted runs again.
+        data_source: Where MovieLens comes from (`sweep.data.load`).
+        storage: The Optuna storage URL (None: environment, then the home's).
+        tracking_uri: The MLflow tracking URI (None: likewise).
+        server_wait: Seconds to wait for a server that stopped answering.
+        worker_index: This process's index among a machine's workers.
+        cpus: The cores this worker process is pinned to (None: all).
+    """
+
+    n_trials: int | None = None
+    workers: int = 1
+    max_retries: int = retries.DEFAULT_MAX_RETRIES
+    data_source: str = "auto"
+    storage: str | None = None
+    tracking_uri: str | None = None
+    server_wait: float = servers.DEFAULT_WAIT_SECONDS
+    worker_index: int = 0
+    cpus: list[int] | None = None
+
+
+def launch(path: Path, options: RunOptions, join: bool = False) -> int:
+    """`sweep launch`: creates the study from its file and runs it to its target.
+
+    Returns:
+        The exit code (130 when interrupted).
+    """
+    study_file = config_module.load_study(path)
+    home = Home.from_environment()
+    stores = resolve_stores(home, options.storage, options.tracking_uri)
+    # Servers that cannot be reached are told before the data is built.
+    check_servers(stores)
+    features = data.load(options.data_source, home=home, log=print)
+    session = study.launch(
+        study_file, stores, options.n_trials, join=join,
+        max_retries=options.max_retries,
+    )  # fmt: skip
+    settings, training = study_file.study, study_file.training
+    print(
+        f"study {settings.name!r}: {session.target} trials of {training.epochs} "
+        f"epochs, sampler {settings.sampler}, pruner {settings.pruner}"
+    )
+    return _work(session, stores, home, features, options)
+
+
+def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
+    """`sweep resume`: continues a study (as one more worker, if others run it).
+
+    Returns:
+        The exit code (130 when interrupted).
+    """
+    if options.cpus:
+        workers.limit_to(options.cpus)
+    study_file = config_module.load_study(path) if path else None
+    home = Home.from_environment()
+    stores = resolve_stores(home, options.storage, options.tracking_uri)
+    # The study first: an unknown name is told at once, before any data build.
+    session = study.resume(name, stores, options.n_trials, study_file,
+                     options.max_retries, options.worker_index)  # fmt: skip
+    features = data.load(options.data_source, home=home, log=print)
+    done = summary.finished_count(session.study)
+    print(
+        f"study {name!r}: {done} of {session.target} trials finished"
+        + (f" (worker {options.worker_index})" if options.worker_index else "")
+    )
+    return _work(session, stores, home, features, options)
+
+
+def _work(session: study.Session, stores: Stores, home: Home, features: Features,
+          options: RunOptions) -> int:  # fmt: skip
+    """Runs the session here, or in worker processes; then prints the summary."""
+    name = session.study.study_name
+    if options.workers > 1:
+        code = workers.run_workers(options.workers, _worker_args(name, stores, options))
+        if code == 130:
+            print(f"interrupted; continue with `sweep resume {name}`", file=sys.stderr)
+        if code:
+            return code
+    else:
+        home.use_compilation_cache()
+        try:
+            study.run(
+                session,
+                features,
+                home.checkpoints,
+                progress=options.worker_index == 0,
+                max_retries=options.max_retries,
+            )
+        except servers.ServerUnavailable as e:
+            # What the command line adds to its one line once trials have run.
+            e.then = (
+                "; the trial in flight is re-queued once it is back: continue "
+                f"then with `sweep resume {name}`"
+            )
+            raise
+        except KeyboardInterrupt:
+            print(
+                f"interrupted: the trial in flight is re-queued; continue with "
+                f"`sweep resume {name}`",
+                file=sys.stderr,
+            )
+            return 130
+        if options.worker_index:
+            return 0
+    print(summary.summary_table(session.study))
+    print(ui.browse_hint(stores, session.study.user_attrs[keys.EXPERIMENT_ATTR]))
+    return 0
+
+
+def _worker_args(name: str, stores: Stores, options: RunOptions) -> list[str]:
+    """`sweep resume` arguments that make a worker process join this study."""
+    return [
+        name, "--storage", stores.storage, "--tracking-uri", stores.tracking_uri,
+        "--data-source", options.data_source,
+        "--max-retries", str(options.max_retries),
+        "--server-wait", str(options.server_wait),
+    ]  # fmt: skip
+
+
+def status(name: str | None, storage: str | None) -> int:
+    """`sweep status`: studies, their trials per state, best trial, live workers."""
+    stores = resolve_stores(Home.from_environment(), storage, None)
+    print(summary.status_report(stores.storage, name))
+    return 0
+
+
+def export(
+    name: str,
+    out: Path,
+    trial: int | None,
+    force: bool,
+    register: bool,
+    data_source: str,
+    storage: str | None,
+    tracking_uri: str | None,
+) -> int:
+    """`sweep export`: a study's best (or chosen) complete trial, made servable."""
+    from sweep import export as export_module
+
+    home = Home.from_environment()
+    stores = resolve_stores(home, storage, tracking_uri)
+    chosen = export_module.select(stores, name, out, trial, force)
+    features = data.load(data_source, home=home, log=print)
+    home.use_compilation_cache()
+    result = export_module.export(
+        name, chosen, out, stores, features, register=register
+    )
+    print(f"exported trial {result.trial} of study {name!r} to {result.folder}")
+    if result.model_version is not None:
+        print(
+            f"serve it: sweep recommend --model models:/{name}@"
+            f"{export_module.CHAMPION_ALIAS} --user-id 1"
+        )
+    return 0
+
+
+def recommend(model: str, user_id: int, k: int, tracking_uri: str | None) -> int:
+    """`sweep recommend`: the top-k movies for a MovieLens user."""
+    from sweep import serving
+
+    if model.startswith(("models:/", "runs:/")):
+        home = Home.from_environment()
+        stores = resolve_stores(home, None, tracking_uri)
+        home.use_compilation_cache()
+        picks = serving.recommend_registered(model, stores.tracking_uri, user_id, k)
+    else:
+        picks = serving.recommend(Path(model), user_id, k)
+    print(f"top {len(picks)} movies for user {user_id} ({model}):")
+    for rank, pick in enumerate(picks, 1):
+        print(f"{rank:3d}. {pick.title}  (score {pick.score:.4f})")
+    return 0
+
+
+def serve_ui(host: str, port: int, tracking_uri: str | None) -> int:
+    """`sweep ui`: the MLflow UI on the sweep's tracking store."""
+    home = Home.from_environment()
+    stores = resolve_stores(home, None, tracking_uri)
+    return ui.serve(
+        stores.tracking_uri,
+        stores.artifact_root,
+        home.logs / "mlflow-ui.log",
+        host,
+        port,
+    )
