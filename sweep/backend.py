@@ -2,8 +2,8 @@
 
 `import keras` also imports scikit-learn (for its sklearn wrappers), matplotlib
 (image galleries) and pandas (DataFrame inputs) when they are installed, which
-they are (MLflow needs them): about 4 s of a trial process's start on this
-machine. Keras guards each of those imports, so hiding the three while keras is
+they are (MLflow needs them): seconds of every trial process's start. Keras
+guards each of those imports, so hiding the three while keras is
 imported skips them; they are importable again right after (MLflow still gets
 them). sweep feeds Keras NumPy arrays and uses none of those features.
 """

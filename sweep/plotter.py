@@ -1,11 +1,10 @@
 """The study report's files, rewritten after every trial by a low-priority process.
 
-Drawing the plots takes a second or more of CPU (more as the study grows),
-about a third of a trial. In the worker's process that time would be taken
-from training; a training worker leaves roughly a quarter of this machine's two
-cores idle (its Python dispatch and XLA's kernels take turns), so the plots are
-drawn by a child process at the lowest CPU priority (nice 19), which mostly
-runs on that idle time.
+Drawing the plots costs CPU (more as the study grows), a sizable share of a
+short trial. In the worker's process that time would be taken from training;
+a training worker leaves part of its cores idle (its Python dispatch and XLA's
+kernels take turns), so the plots are drawn by a child process at the lowest
+CPU priority (nice 19), which mostly runs on that idle time.
 
 The worker asks for a drawing (the plots and trials.csv) after every trial by
 writing a line to the child's stdin. The child draws the study as it is when it

@@ -6,8 +6,8 @@ both are SQLite files, written by every worker and read by `sweep ui` at once:
 - write-ahead logging (`use_wal`, it persists in the file): readers do not
   block the writer, and writers wait on each other less;
 - `synchronous=NORMAL` on every connection to a WAL file (SQLite's advice for
-  WAL): a commit no longer waits for the disk (an fsync per Optuna write, about
-  a third of a trial's storage time measured on this machine). A commit
+  WAL): a commit no longer waits for the disk (an fsync per Optuna write, a
+  large share of a trial's storage time). A commit
   survives a crash, a Ctrl-C or a kill of the process, and the file is never
   corrupted; only a power cut or an OS crash may roll back the last commits;
 - one process at a time creates a new store's tables (`setup_lock`).

@@ -373,7 +373,7 @@ def seed_everything(seed: int) -> None:
     """Seeds Python, NumPy and Keras's global seed generator (weights, shuffling).
 
     `keras.utils.set_random_seed` does the same and also seeds TensorFlow, which
-    it imports to do so (about 5 s per process); the JAX path never uses TF's
+    it imports to do so (seconds per process); the JAX path never uses TF's
     generator, so TF is only seeded when something else already imported it.
     """
     if "tensorflow" in sys.modules:
