@@ -1,0 +1,45 @@
+"""The report's drawings: Optuna's plots as HTML and PNG, importances evaluated once."""
+
+import optuna
+import pytest
+
+from sweep import plots
+
+
+@pytest.fixture(scope="module")
+def study():
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    study.optimize(
+        lambda t: t.suggest_int("depth", 1, 3) / 10 + t.suggest_float("lr", 0.01, 0.5),
+        n_trials=30,
+    )
+    return study
+
+
+def test_importances_are_evaluated_once_for_both_drawings(study, tmp_path, monkeypatch):
+    evaluate = optuna.importance.FanovaImportanceEvaluator.evaluate
+    calls = []
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return evaluate(self, *args, **kwargs)
+
+    fanova = optuna.importance.FanovaImportanceEvaluator
+    monkeypatch.setattr(fanova, "evaluate", counted)
+    assert plots.optuna_plot(study, "param_importances", tmp_path)
+    assert len(calls) == 1
+    assert (tmp_path / "param_importances.html").stat().st_size > 0
+    assert (tmp_path / "param_importances.png").stat().st_size > 0
+
+
+def test_the_same_trials_give_the_same_importances(study, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plots.optuna_plot(study, "param_importances", tmp_path / "a")
+    plots.optuna_plot(study, "param_importances", tmp_path / "b")
+    assert (tmp_path / "a" / "param_importances.png").read_bytes() == (
+        tmp_path / "b" / "param_importances.png"
+    ).read_bytes()
