@@ -6,7 +6,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep import config, interrupts, study
-from tests.test_study import STUDY, baseline
+from tests.helpers import STUDY, baseline
 
 
 @pytest.fixture
