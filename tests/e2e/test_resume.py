@@ -1,12 +1,9 @@
-"""Crashes, interrupts and resumes of a sweep, in subprocesses.
+"""Crashes, interrupts and resumes of a sweep on the real data, in subprocesses.
 
 A sweep is stopped at a known point (a fault-injection pause before the N-th
 MLflow batch of the process: 2 = the first validation, 3 = the second, 4 = the
 trial's final batch), then resumed; afterwards both stores must agree that no
 trial was lost, none ran twice and no run was left RUNNING.
-
-The sweeps run on the synthetic data, its features already cached: where a
-sweep stops is set by the pause, not by how long its epochs take.
 """
 
 import collections
@@ -42,22 +39,12 @@ learning_rate = { low = 0.05, high = 0.2, log = true }
 """
 
 
-@pytest.fixture
-def home(cached_home):
-    return cached_home
-
-
-@pytest.fixture
-def data(synthetic_spec):
-    return synthetic_spec
-
-
-def start_launch(tmp_path, home, data, pause_at):
+def start_launch(tmp_path, home, pause_at):
     study_file = tmp_path / "crash.toml"
     study_file.write_text(STUDY)
     marker = tmp_path / "paused"
     env = {"SWEEP_HOME": str(home), "SWEEP_TEST_PAUSE_FLUSH": f"{marker}:{pause_at}"}
-    proc = start_sweep("launch", str(study_file), "--data-source", data, env=env)
+    proc = start_sweep("launch", str(study_file), "--data-source", "recbole", env=env)
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert proc.poll() is None, proc.communicate()
@@ -118,15 +105,13 @@ def check_consistent(home, stopped_trial):
     [(2, None), (3, 2), (4, 4)],
     ids=["before-first-validation", "after-one-validation", "during-final-logging"],
 )
-def test_sigkill_then_resume_loses_nothing(
-    tmp_path, home, data, pause_at, resumed_epoch
-):
-    proc = start_launch(tmp_path, home, data, pause_at)
+def test_sigkill_then_resume_loses_nothing(tmp_path, home, pause_at, resumed_epoch):
+    proc = start_launch(tmp_path, home, pause_at)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     study, _ = stores(home)
     assert [t.state.name for t in study.trials] == ["RUNNING"]
-    result = run_sweep("resume", "crash", "--data-source", data,
+    result = run_sweep("resume", "crash", "--data-source", "recbole",
                        env={"SWEEP_HOME": str(home)})  # fmt: skip
     assert result.returncode == 0, result.stderr
     stopped, retry = check_consistent(home, 0)
@@ -136,10 +121,10 @@ def test_sigkill_then_resume_loses_nothing(
         assert retry.intermediate_values[step] == value
 
 
-def test_interrupt_stops_cleanly_and_resume_finishes(tmp_path, home, data):
+def test_interrupt_stops_cleanly_and_resume_finishes(tmp_path, home):
     # SIGTERM takes the same path (tests/test_interrupts.py checks it raises
     # the same KeyboardInterrupt).
-    proc = start_launch(tmp_path, home, data, 3)
+    proc = start_launch(tmp_path, home, 3)
     start = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
@@ -151,15 +136,15 @@ def test_interrupt_stops_cleanly_and_resume_finishes(tmp_path, home, data):
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "WAITING"]  # failed and re-queued, nothing RUNNING
     assert all(r.info.status != "RUNNING" for r in runs)
-    result = run_sweep("resume", "crash", "--data-source", data,
+    result = run_sweep("resume", "crash", "--data-source", "recbole",
                        env={"SWEEP_HOME": str(home)})  # fmt: skip
     assert result.returncode == 0, result.stderr
     _, retry = check_consistent(home, 0)
     assert retry.user_attrs.get("resumed_from_epoch") == 2
 
 
-def test_resume_with_another_file_refuses_and_changes_nothing(tmp_path, home, data):
-    proc = start_launch(tmp_path, home, data, 2)
+def test_resume_with_another_file_refuses_and_changes_nothing(tmp_path, home):
+    proc = start_launch(tmp_path, home, 2)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     other = tmp_path / "other.toml"
