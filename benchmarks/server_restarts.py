@@ -33,9 +33,8 @@ import mlflow
 import optuna
 
 from tests import postgres
-from tests.conftest import REPO
-from tests.e2e.conftest import share_real_data
-from tests.test_compose_stack import start_stack
+from tests.helpers import REPO, share_real_data
+from tests.stack import start_stack
 
 RESULTS = REPO / "benchmarks" / "results"
 STUDY = """

@@ -1,7 +1,4 @@
 import os
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -9,8 +6,7 @@ import pytest
 import sweep  # noqa: F401  (sets KERAS_BACKEND before any test imports keras)
 from sweep import data, movielens
 from tests import postgres, synthetic
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, share_cache, skip_without_postgres
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -37,11 +33,39 @@ def isolated_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def synthetic_features(tmp_path_factory):
+def synthetic_folder(tmp_path_factory):
+    """The synthetic MovieLens as a GroupLens folder (written once)."""
+    return synthetic.write_grouplens(tmp_path_factory.mktemp("ml") / "ml-100k")
+
+
+@pytest.fixture(scope="session")
+def synthetic_spec(synthetic_folder):
+    """`--data-source` for the synthetic MovieLens."""
+    return f"grouplens:{synthetic_folder}"
+
+
+@pytest.fixture(scope="session")
+def synthetic_home(tmp_path_factory, synthetic_spec):
+    """A sweep home holding the synthetic data's feature cache (built once).
+
+    Sweeps in other homes share its `cache/` (`helpers.share_cache`) rather than
+    building the same features again.
+    """
+    home = tmp_path_factory.mktemp("synthetic-home")
+    data.load(synthetic_spec, home=home, log=lambda _: None)
+    return home
+
+
+@pytest.fixture
+def cached_home(tmp_path, synthetic_home):
+    """A fresh sweep home that shares the synthetic data's feature cache."""
+    return share_cache(tmp_path / "cached-home", synthetic_home / "cache")
+
+
+@pytest.fixture(scope="session")
+def synthetic_features(synthetic_home, synthetic_spec):
     """Preprocessed features of the synthetic MovieLens (built once)."""
-    folder = synthetic.write_grouplens(tmp_path_factory.mktemp("ml") / "ml-100k")
-    home = tmp_path_factory.mktemp("home")
-    return data.load(f"grouplens:{folder}", home=home, log=lambda _: None)
+    return data.load(synthetic_spec, home=synthetic_home, log=lambda _: None)
 
 
 @pytest.fixture(scope="session")
@@ -64,32 +88,6 @@ def real_features(real_home):
 @pytest.fixture(scope="session")
 def real_records(real_home, real_features):
     return movielens.read_recbole(movielens.fetch_recbole(real_home / "downloads"))
-
-
-def wait_for_health(url: str, proc: subprocess.Popen, log: Path | None = None,
-                    seconds: float = 120) -> None:  # fmt: skip
-    """Waits until an MLflow server at `url` answers /health, or fails."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            output = log.read_text() if log else proc.stderr.read()
-            pytest.fail(f"mlflow server exited {proc.returncode}: {output[-3000:]}")
-        assert time.monotonic() < deadline, f"mlflow server did not start at {url}"
-        time.sleep(0.5)
-
-
-def skip_without_postgres():
-    if postgres.binaries() is None:
-        pytest.skip(
-            "PostgreSQL is not installed (Debian package postgresql; "
-            "scripts/test.sh installs it where apt-get is available)"
-        )
 
 
 @pytest.fixture(scope="module")

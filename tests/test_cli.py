@@ -1,52 +1,16 @@
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests import synthetic
-from tests.test_config import GOOD
-
-SWEEP = os.path.join(os.path.dirname(sys.executable), "sweep")
+from tests.helpers import GOOD, assert_one_line_error, run_sweep, share_cache
 
 
-def run_sweep(*args, env=None, timeout=600):
-    """Runs the installed `sweep` console script as a user would."""
-    return subprocess.run(
-        [SWEEP, *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
-
-
-def start_sweep(*args, env=None):
-    """Starts the `sweep` console script in the background, output piped."""
-    return subprocess.Popen(
-        [SWEEP, *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-@pytest.fixture(scope="module")
-def grouplens_spec(tmp_path_factory):
-    return (
-        f"grouplens:{synthetic.write_grouplens(tmp_path_factory.mktemp('ml') / 'ml')}"
-    )
-
-
-def assert_one_line_error(result, *fragments, code=1):
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
+@pytest.fixture
+def grouplens_spec(isolated_home, synthetic_home, synthetic_spec):
+    """The synthetic data, its features already in this test's SWEEP_HOME."""
+    share_cache(isolated_home, synthetic_home / "cache")
+    return synthetic_spec
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import re
 
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 BIND = "${SWEEP_BIND:-127.0.0.1}"
 

@@ -1,38 +1,9 @@
-from pathlib import Path
-
 import pytest
 
 from sweep import memory
 from sweep.config import load_study, parse_study
 from sweep.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
-
-GOOD = """
-[study]
-name = "t"
-n_trials = 3
-seed = 1
-sampler = "tpe"
-pruner = "median"
-
-[training]
-epochs = 4
-validation_freq = 2
-batch_size = 1000
-
-[space]
-depth = { low = 1, high = 3 }
-width = { choices = [32, 64] }
-embedding_dim = { choices = [16, 32] }
-learning_rate = { low = 0.01, high = 0.5, log = true }
-
-[[baselines]]
-depth = 1
-width = 32
-embedding_dim = 32
-learning_rate = 0.05
-"""
+from tests.helpers import GOOD, REPO
 
 
 def write(tmp_path, text):

@@ -7,7 +7,7 @@ import pytest
 from sweep.errors import SweepError
 from sweep.export import choose_trial
 from sweep.serving import CandidateIndex, UserIndex
-from tests.test_cli import assert_one_line_error, run_sweep
+from tests.helpers import assert_one_line_error, run_sweep
 
 
 def make_study(storage, states):

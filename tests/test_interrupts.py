@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from sweep import config, interrupts, keys, study
 from sweep import stores as stores_module
-from tests.test_study import STUDY, baseline
+from tests.helpers import STUDY, baseline
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pytest
 
 from sweep import memory
 from sweep.model import RetrievalModel, layer_sizes
-from tests.test_model import VOCAB, _batch
+from tests.helpers import VOCAB, model_batch
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,7 @@ def test_parameter_count_is_the_built_models(depth, width, embedding_dim):
         embedding_dim=embedding_dim,
         retrieval_k=3,
     )
-    model(_batch(np.random.default_rng(0), 4), training=True)  # builds both towers
+    model(model_batch(np.random.default_rng(0), 4), training=True)  # builds both towers
     assert model.count_params() == memory.parameter_count(
         depth, width, embedding_dim, VOCAB
     )

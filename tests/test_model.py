@@ -2,12 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from sweep.data import Vocabulary
 from sweep.model import RetrievalModel, layer_sizes
-
-VOCAB = Vocabulary(
-    users=5, genders=2, occupations=3, movies=6, title_tokens=9, genres=4, max_genres=3
-)
+from tests.helpers import VOCAB, model_batch
 
 
 def _candidates(rng):
@@ -17,19 +13,6 @@ def _candidates(rng):
             0, VOCAB.title_tokens, (VOCAB.movies + 1, 16)
         ),
         "movie_genres": rng.integers(0, VOCAB.genres + 1, (VOCAB.movies + 1, 3)),
-    }
-
-
-def _batch(rng, n):
-    return {
-        "user_id": rng.integers(1, VOCAB.users + 1, n),
-        "user_gender": rng.integers(0, 2, n),
-        "raw_user_age": rng.integers(0, 10, n),
-        "user_gender_X_raw_user_age": rng.integers(0, 20, n),
-        "user_occupation_label": rng.integers(0, 3, n),
-        "movie_id": rng.integers(1, VOCAB.movies + 1, n),
-        "movie_title_vector": rng.integers(0, VOCAB.title_tokens, (n, 16)),
-        "movie_genres": rng.integers(0, VOCAB.genres + 1, (n, 3)),
     }
 
 
@@ -56,11 +39,11 @@ def test_layer_sizes_refuse_zero():
 
 
 def test_towers_output_the_last_layer_width(model):
-    out = model(_batch(np.random.default_rng(1), 7), training=False)
+    out = model(model_batch(np.random.default_rng(1), 7), training=False)
     assert out["query_embeddings"].shape == (7, 4)
     assert out["candidate_embeddings"].shape == (7, 4)
     assert out["predictions"].shape == (7, 3)
-    training = model(_batch(np.random.default_rng(1), 7), training=True)
+    training = model(model_batch(np.random.default_rng(1), 7), training=True)
     assert "predictions" not in training
 
 
@@ -83,7 +66,7 @@ def test_padding_does_not_change_mean_pooled_title(model):
 
 def test_retrieval_returns_the_best_scoring_movies(model):
     rng = np.random.default_rng(2)
-    queries = model.query_model(_batch(rng, 4))
+    queries = model.query_model(model_batch(rng, 4))
     candidates = model.candidate_model.predict(dict(model.candidates), verbose=0)
     scores = np.asarray(queries) @ np.asarray(candidates).T
     expected = np.argsort(-scores, axis=1)[:, :3]
@@ -92,7 +75,7 @@ def test_retrieval_returns_the_best_scoring_movies(model):
 
 def test_metric_counts_only_five_star_ratings(model):
     rng = np.random.default_rng(3)
-    x = _batch(rng, 6)
+    x = model_batch(rng, 6)
     predictions = np.asarray(model(x, training=False)["predictions"])
     hit = predictions[:, 0]
     miss = np.array([min(set(range(VOCAB.movies + 1)) - set(p)) for p in predictions])
@@ -111,7 +94,7 @@ def test_metric_counts_only_five_star_ratings(model):
 
 def test_loss_is_mse_of_dot_product(model):
     rng = np.random.default_rng(4)
-    x = _batch(rng, 5)
+    x = model_batch(rng, 5)
     y = rng.uniform(0, 1, 5).astype(np.float32)
     out = model(x, training=True)
     scores = np.sum(
@@ -143,7 +126,7 @@ def _users(rng):
 
 def _ratings_of(users, rng, n):
     """Ratings whose user features are their user's row, as in MovieLens."""
-    x = _batch(rng, n)
+    x = model_batch(rng, n)
     x.update({name: column[x["user_id"]] for name, column in users.items()})
     return x, rng.choice([0.0, 0.5, 1.0], n).astype(np.float32)
 

@@ -16,8 +16,8 @@ import sqlalchemy
 
 from sweep import servers, storage
 from sweep import stores as stores_module
-from tests import postgres, synthetic
-from tests.test_cli import run_sweep, start_sweep
+from tests import postgres
+from tests.helpers import run_sweep, start_sweep
 
 
 def error_of(call):
@@ -141,16 +141,16 @@ learning_rate = { choices = [0.05, 0.1] }
 """
 
 
+@pytest.mark.slow
 def test_a_server_away_past_the_wait_stops_the_worker_and_resume_continues(
-    postgres_server, tmp_path
+    postgres_server, tmp_path, cached_home, synthetic_spec
 ):
     database = postgres_server
     storage = database.create_database("away")
-    data = synthetic.write_grouplens(tmp_path / "ml")
     path = tmp_path / "away.toml"
     path.write_text(AWAY)
-    env = {"SWEEP_HOME": str(tmp_path / "home")}
-    given = ["--storage", storage, "--data-source", f"grouplens:{data}"]
+    env = {"SWEEP_HOME": str(cached_home)}
+    given = ["--storage", storage, "--data-source", synthetic_spec]
     proc = start_sweep("launch", str(path), *given, "--server-wait", "3s", env=env)
     poll = postgres.StudyPoll(storage, "away")
     try:
@@ -186,14 +186,13 @@ def test_a_server_away_past_the_wait_stops_the_worker_and_resume_continues(
     (retry,) = [t for t in study.trials if "resumed_from_epoch" in t.user_attrs]
     assert retry.user_attrs["resumed_from_epoch"] >= 1
     stopped = next(t for t in study.trials if t.state.name == "FAIL")
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    client = mlflow.MlflowClient(f"sqlite:///{cached_home / 'mlflow.db'}")
     assert client.get_run(stopped.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
 
 def test_unreachable_or_refusing_stores_are_named_in_one_line(
-    postgres_server, tmp_path
+    postgres_server, tmp_path, synthetic_spec
 ):
-    data = synthetic.write_grouplens(tmp_path / "ml")
     path = tmp_path / "away.toml"
     path.write_text(AWAY)
     home = tmp_path / "home"
@@ -201,7 +200,7 @@ def test_unreachable_or_refusing_stores_are_named_in_one_line(
     nobody = f"http://127.0.0.1:{postgres.free_port()}"
     launched = run_sweep(
         "launch", str(path), "--tracking-uri", nobody, "--server-wait", "1s",
-        "--data-source", f"grouplens:{data}", env=env,
+        "--data-source", synthetic_spec, env=env,
     )  # fmt: skip
     assert launched.returncode == servers.EXIT_CODE, launched.stderr
     (error,) = [line for line in launched.stderr.splitlines() if "error:" in line]

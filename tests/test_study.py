@@ -11,58 +11,14 @@ from sweep import stores as stores_module
 from sweep import study as study_module
 from sweep.errors import SweepError
 from sweep.keys import BEST_ARTIFACT, PARENT_RUN_ATTR, RUN_ID_ATTR
-from tests import synthetic
-from tests.test_cli import assert_one_line_error, run_sweep
-
-STUDY = """
-[study]
-name = "{name}"
-n_trials = {n_trials}
-seed = 3
-sampler = "{sampler}"
-pruner = "none"
-
-[training]
-epochs = 2
-validation_freq = 1
-batch_size = 100
-
-[space]
-depth = {{ low = 1, high = 2 }}
-width = {{ choices = [8, 16] }}
-embedding_dim = {{ choices = [8, 16] }}
-learning_rate = {{ choices = [{rates}] }}
-{baselines}
-"""
-
-
-def study_file(tmp_path, name="t", n_trials=2, sampler="tpe", rates="0.05, 0.1",
-               baselines=""):  # fmt: skip
-    path = tmp_path / f"{name}.toml"
-    path.write_text(
-        STUDY.format(
-            name=name,
-            n_trials=n_trials,
-            sampler=sampler,
-            rates=rates,
-            baselines=baselines,
-        )  # fmt: skip
-    )
-    return path
-
-
-def baseline(lr):
-    return (
-        f"[[baselines]]\ndepth = 1\nwidth = 8\nembedding_dim = 8\n"
-        f"learning_rate = {lr}\n"
-    )
-
-
-@pytest.fixture(scope="module")
-def spec(tmp_path_factory):
-    return (
-        f"grouplens:{synthetic.write_grouplens(tmp_path_factory.mktemp('ml') / 'ml')}"
-    )
+from tests.helpers import (
+    STUDY,
+    assert_one_line_error,
+    baseline,
+    run_sweep,
+    share_cache,
+    study_file,
+)
 
 
 def launch(path, spec, home, *extra):
@@ -76,17 +32,46 @@ def launch(path, spec, home, *extra):
     )
 
 
-def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, spec):
+def load(home, name="t"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{home / 'optuna.db'}")
+
+
+@pytest.fixture(scope="module")
+def spec(synthetic_spec):
+    return synthetic_spec
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, synthetic_home, spec):
+    """One study file (a baseline, then sampled trials) launched in two fresh
+    homes, as a user would twice: the file, both homes and each one's trials as
+    the launch left them.
+    """
+    folder = tmp_path_factory.mktemp("launched")
+    path = study_file(folder, n_trials=3, sampler="random", rates="0.05, 0.1, 0.2",
+                      baselines=baseline(0.05))  # fmt: skip
+    homes, trials = [], []
+    for name in ("a", "b"):
+        home = share_cache(folder / name, synthetic_home / "cache")
+        result = launch(path, spec, home)
+        assert result.returncode == 0, result.stderr
+        homes.append(home)
+        trials.append(load(home).trials)
+    return path, homes, trials
+
+
+@pytest.mark.slow
+def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, spec, cached_home):
     path = study_file(
         tmp_path,
         n_trials=1,
         rates="1e30, 0.05",
         baselines=baseline(1e30) + baseline(0.05),
     )
-    home = tmp_path / "home"
+    home = cached_home
     result = launch(path, spec, home)
     assert result.returncode == 0, result.stderr
-    study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
+    study = load(home)
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "COMPLETE"]
     assert "diverged" in study.trials[0].user_attrs["fail_reason"]
@@ -107,10 +92,9 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, spec):
     ]
 
 
-def test_a_launched_study_its_stores_its_status_and_a_second_launch(tmp_path, spec):
-    path = study_file(tmp_path, n_trials=1)
-    home = tmp_path / "home"
-    assert launch(path, spec, home).returncode == 0
+@pytest.mark.slow
+def test_a_launched_study_its_stores_its_status_and_a_second_launch(launched, spec):
+    path, (home, _), _ = launched
     # Two SQLite files under SWEEP_HOME: Optuna and MLflow each keep their own
     # alembic_version table.
     for name in ("optuna.db", "mlflow.db"):
@@ -118,7 +102,7 @@ def test_a_launched_study_its_stores_its_status_and_a_second_launch(tmp_path, sp
             "select name from sqlite_master where type='table'"
         )
         assert "alembic_version" in {row[0] for row in tables}
-    study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
+    study = load(home)
     parent = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(
         study.user_attrs[PARENT_RUN_ATTR]
     )
@@ -127,12 +111,11 @@ def test_a_launched_study_its_stores_its_status_and_a_second_launch(tmp_path, sp
 
     again = launch(path, spec, home)
     assert_one_line_error(again, "study 't' already exists", "sweep resume t")
-    study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
-    assert len(study.trials) == 1
+    assert len(load(home).trials) == 3
 
     result = run_sweep("status", env={"SWEEP_HOME": str(home)})
     assert result.returncode == 0, result.stderr
-    assert "t: 1 of 1 finished (1 complete)" in result.stdout
+    assert "t: 3 of 3 finished (3 complete)" in result.stdout
     assert "best: trial" in result.stdout
     assert "workers alive: none" in result.stdout
     missing = run_sweep("status", "nope", env={"SWEEP_HOME": str(home)})
@@ -167,32 +150,28 @@ def test_bad_study_file_creates_nothing(tmp_path, spec, old, new, message):
     assert not home.exists() or not any(home.iterdir())
 
 
-def test_same_study_file_proposes_the_same_first_trials(tmp_path, spec):
-    path = study_file(tmp_path, n_trials=2, sampler="random", rates="0.05, 0.1, 0.2")
-    params = []
-    for home in (tmp_path / "a", tmp_path / "b"):
-        assert launch(path, spec, home).returncode == 0
-        study = optuna.load_study(
-            study_name="t", storage=f"sqlite:///{home / 'optuna.db'}"
-        )
-        params.append([t.params for t in study.trials])
-        # Each trial's seed (weights, data order) follows from study seed + number.
-        params.append([t.values for t in study.trials])
-    assert params[0] == params[2]
-    assert params[1] == params[3]
+@pytest.mark.slow
+def test_same_study_file_proposes_the_same_first_trials(launched):
+    _, _, (a, b) = launched
+    # The baseline, then two trials the sampler proposed.
+    assert [bool(t.user_attrs.get("sweep.baseline")) for t in a] == [
+        True, False, False,
+    ]  # fmt: skip
+    assert [t.params for t in a] == [t.params for t in b]
+    # Each trial's seed (weights, data order) follows from study seed + number.
+    assert [t.values for t in a] == [t.values for t in b]
 
 
-def test_four_workers_share_one_sqlite_study_exactly(tmp_path, spec):
+@pytest.mark.slow
+def test_four_workers_share_one_sqlite_study_exactly(tmp_path, spec, cached_home):
     path = study_file(tmp_path, name="par", n_trials=6, sampler="random",
                       rates="0.05, 0.1, 0.2")  # fmt: skip
-    home = tmp_path / "home"
+    home = cached_home
     result = launch(path, spec, home, "--workers", "4")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "database is locked" not in output
-    study = optuna.load_study(
-        study_name="par", storage=f"sqlite:///{home / 'optuna.db'}"
-    )
+    study = load(home, "par")
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 6
     assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
@@ -213,16 +192,15 @@ def test_resume_of_unknown_study_is_one_line(tmp_path, spec):
     assert_one_line_error(result, "no study 'ghost'", "sweep launch STUDY_FILE")
 
 
-def test_resume_raises_the_target_and_never_requeues_baselines(tmp_path, spec):
-    path = study_file(tmp_path, n_trials=2, sampler="random", rates="0.05, 0.1, 0.2",
-                      baselines=baseline(0.05))  # fmt: skip
-    home = tmp_path / "home"
-    assert launch(path, spec, home).returncode == 0
-    result = run_sweep("resume", "t", "--n-trials", "4", "--data-source", spec,
+@pytest.mark.slow
+def test_resume_raises_the_target_and_never_requeues_baselines(launched, spec):
+    _, (_, home), _ = launched
+    # Launched with a baseline and 3 trials in all.
+    result = run_sweep("resume", "t", "--n-trials", "5", "--data-source", spec,
                        env={"SWEEP_HOME": str(home)})  # fmt: skip
     assert result.returncode == 0, result.stderr
-    study = optuna.load_study(study_name="t", storage=f"sqlite:///{home / 'optuna.db'}")
-    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 4
+    study = load(home)
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 5
     baselines = [t for t in study.trials if t.user_attrs.get("sweep.baseline")]
     assert len(baselines) == 1
 

@@ -2,16 +2,7 @@ import mlflow
 import optuna
 import pytest
 
-from tests.conftest import REPO
-from tests.test_cli import run_sweep
-
-
-def share_real_data(home, real_home):
-    """Makes `home` a sweep home that uses the real data's cache and wheel."""
-    home.mkdir(exist_ok=True)
-    (home / "cache").symlink_to(real_home / "cache")
-    (home / "downloads").symlink_to(real_home / "downloads")
-    return home
+from tests.helpers import REPO, run_sweep, share_real_data
 
 
 @pytest.fixture

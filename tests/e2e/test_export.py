@@ -14,7 +14,7 @@ import pytest
 
 from sweep.keys import BEST_ARTIFACT, RUN_ID_ATTR
 from sweep.train import BestModel
-from tests.test_cli import assert_one_line_error, run_sweep
+from tests.helpers import assert_one_line_error, run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ RELOAD = textwrap.dedent("""
 """)
 
 
-def test_model_and_serving_reload_in_a_fresh_process(exported):
+def test_model_and_serving_reload_in_a_fresh_process(exported, real_features):
     out, _, _ = exported
     result = subprocess.run(
         [sys.executable, "-c", RELOAD, str(out)], capture_output=True, text=True
@@ -104,30 +104,25 @@ def test_model_and_serving_reload_in_a_fresh_process(exported):
     # The candidate set came back with the model (not the zero placeholder).
     assert report["candidates_nonzero"]
     assert report["candidates_vs_index"] == 0.0
-    # The model's own top-k agrees with the index's ranking for that user.
+    # `sweep recommend` prints k titles from the folder, best first...
     picks = run_sweep("recommend", "--model", str(out), "--user-id", "1", "--k", "10")
-    titles = [line.split(". ", 1)[1].rsplit("  (score", 1)[0]
-              for line in picks.stdout.splitlines()[1:]]  # fmt: skip
-    with np.load(out / "candidates.npz") as index:
-        expected = [str(index["title"][i - 1]) for i in report["top_first_user"]]
-    assert titles == expected
-
-
-def test_recommend_prints_k_titles_from_the_folder(exported, real_features):
-    out, _, _ = exported
-    result = run_sweep("recommend", "--model", str(out), "--user-id", "42", "--k", "7")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert lines[0] == f"top 7 movies for user 42 ({out}):"
-    assert len(lines) == 8
+    assert picks.returncode == 0, picks.stderr
+    lines = picks.stdout.strip().splitlines()
+    assert lines[0] == f"top 10 movies for user 1 ({out}):"
+    assert len(lines) == 11
     known = set(real_features.movie_titles.tolist())
-    scores = []
+    titles, scores = [], []
     for rank, line in enumerate(lines[1:], 1):
         head, title_score = line.split(". ", 1)
         title, score = title_score.rsplit("  (score ", 1)
         assert int(head) == rank and title in known
+        titles.append(title)
         scores.append(float(score.rstrip(")")))
     assert scores == sorted(scores, reverse=True)
+    # ...and the model's own top-k agrees with the index's ranking for that user.
+    with np.load(out / "candidates.npz") as index:
+        expected = [str(index["title"][i - 1]) for i in report["top_first_user"]]
+    assert titles == expected
 
 
 def test_registry_alias_follows_the_latest_export(smoke, exported, tmp_path,

@@ -9,7 +9,7 @@ import pytest
 
 from sweep.config import load_study
 from sweep.keys import BEST_ARTIFACT, EXPERIMENT_ATTR, PARENT_RUN_ATTR, RUN_ID_ATTR
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,7 @@ import mlflow
 import optuna
 import pytest
 
-from tests.conftest import REPO
-from tests.test_cli import run_sweep
+from tests.helpers import REPO, run_sweep
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_cli import assert_one_line_error, run_sweep, start_sweep
+from tests.helpers import REPO, assert_one_line_error, run_sweep, start_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +44,9 @@ def post_json(url, body):
         return json.loads(response.read())
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ui(smoke):
+    """`sweep ui` on the smoke study, one server for the module's tests."""
     _, study, _, home = smoke
     port = free_port()
     proc = start_sweep("ui", "--port", str(port), env={"SWEEP_HOME": str(home)})
@@ -60,33 +60,6 @@ def ui(smoke):
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
-
-
-def test_ui_serves_the_study_with_one_light_server(ui):
-    proc, port, lines, study = ui
-    experiment = study.user_attrs["mlflow_experiment_id"]
-    base = f"http://127.0.0.1:{port}"
-    expected = (
-        f"study smoke: {base}/#/experiments/{experiment}/runs?workflowType="
-        "machine_learning&viewStateShareKey=sweep-trials"
-    )
-    assert expected in lines
-    with urllib.request.urlopen(base, timeout=10) as page:
-        assert page.status == 200 and b"<html" in page.read().lower()
-    runs = post_json(
-        f"{base}/ajax-api/2.0/mlflow/runs/search",
-        {"experiment_ids": [experiment], "max_results": 100},
-    )["runs"]
-    names = {r["info"]["run_name"] for r in runs}
-    assert {f"trial-{t.number}" for t in study.trials} | {"smoke"} <= names
-    below = descendants(proc.pid)
-    assert sum("uvicorn" in c for c in below) == 1, below
-    assert not [c for c in below if "huey" in c or "job" in c], below
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 0
-    time.sleep(1)
-    with pytest.raises(OSError):
-        urllib.request.urlopen(base, timeout=5)
 
 
 def test_port_in_use_is_one_line(smoke):
@@ -212,6 +185,34 @@ def test_browser_sees_trials_curves_and_report(ui, browser):
     wait_for(browser, "the report artifacts",
              lambda d: "trials.csv" in d.page_source and ">report<" in d.page_source,
              "3-study-report")  # fmt: skip
+
+
+def test_ui_serves_the_study_with_one_light_server(ui):
+    # After the browser's test (they share the server): this one stops it.
+    proc, port, lines, study = ui
+    experiment = study.user_attrs["mlflow_experiment_id"]
+    base = f"http://127.0.0.1:{port}"
+    expected = (
+        f"study smoke: {base}/#/experiments/{experiment}/runs?workflowType="
+        "machine_learning&viewStateShareKey=sweep-trials"
+    )
+    assert expected in lines
+    with urllib.request.urlopen(base, timeout=10) as page:
+        assert page.status == 200 and b"<html" in page.read().lower()
+    runs = post_json(
+        f"{base}/ajax-api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment], "max_results": 100},
+    )["runs"]
+    names = {r["info"]["run_name"] for r in runs}
+    assert {f"trial-{t.number}" for t in study.trials} | {"smoke"} <= names
+    below = descendants(proc.pid)
+    assert sum("uvicorn" in c for c in below) == 1, below
+    assert not [c for c in below if "huey" in c or "job" in c], below
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    time.sleep(1)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(base, timeout=5)
 
 
 def test_ui_and_a_running_sweep_do_not_break_each_other(home, tmp_path):
