@@ -122,7 +122,7 @@ def optuna_plot(study: optuna.Study, name: str, folder: Path) -> bool:
             warnings.simplefilter("ignore")
             # Both drawings of the importances show one evaluation.
             importances = name == "param_importances"
-            kwargs = {"evaluator": _Importances()} if importances else {}
+            kwargs = {"evaluator": _importances()} if importances else {}
             figure = getattr(plotly_plots, f"plot_{name}")(study, **kwargs)
             # Inline plotly.js: the HTML must render on machines without internet.
             figure.write_html(folder / f"{name}.html", include_plotlyjs=True)
@@ -141,21 +141,27 @@ def optuna_plot(study: optuna.Study, name: str, folder: Path) -> bool:
         optuna_logger.setLevel(level)
 
 
-class _Importances(optuna.importance.BaseImportanceEvaluator):
+def _importances():
     """Optuna's fANOVA importances, evaluated once for the HTML and the PNG.
 
     fANOVA fits a random forest, the costliest part of a drawing; unseeded, it
     would also give the two drawings different values. Seeded, a report shows
-    the same importances for the same trials.
+    the same importances for the same trials. (Defined here: fANOVA imports
+    scikit-learn, which only a drawing needs.)
     """
+    from optuna.importance import BaseImportanceEvaluator, FanovaImportanceEvaluator
 
-    def __init__(self):
-        self._fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        self._done: dict = {}
+    class Once(BaseImportanceEvaluator):
+        def __init__(self):
+            self._fanova = FanovaImportanceEvaluator(seed=0)
+            self._done: dict = {}
 
-    def evaluate(self, study, params=None, *, target=None) -> dict[str, float]:
-        """The importances of `params` (all by default) to the objective."""
-        key = (tuple(params or ()), target)
-        if key not in self._done:
-            self._done[key] = self._fanova.evaluate(study, params=params, target=target)
-        return self._done[key]
+        def evaluate(self, study, params=None, *, target=None) -> dict[str, float]:
+            key = (tuple(params or ()), target)
+            if key not in self._done:
+                self._done[key] = self._fanova.evaluate(
+                    study, params=params, target=target
+                )
+            return self._done[key]
+
+    return Once()

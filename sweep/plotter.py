@@ -162,7 +162,30 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin = sys.stdin.fileno()
     settings = json.loads(_read_line(stdin))
+    try:
+        lock = open(lock_path(settings["storage"], settings["study"]), "a")  # noqa: SIM115
+    except OSError as e:  # the worker then draws the plots itself
+        print(f"sweep: the plotter has no lock file ({e})", file=sys.stderr)
+        sys.exit(1)
+    holder = False
+    opened = None
+    for _ in _requests(stdin):
+        holder = holder or _take(lock)
+        if not holder:
+            continue  # another plotter on this machine draws this study
+        if opened is None:
+            # Only the drawing plotter pays for Optuna, MLflow and the plots.
+            opened = _open(settings)
+        study, client, upload_files = opened
+        try:
+            trials = study.get_trials(deepcopy=False)
+            upload_files(client, settings["run_id"], study, trials, plots=True)
+        except Exception as e:  # a report must never stop the sweep
+            print(f"sweep: the study plots were not redrawn ({e})", file=sys.stderr)
 
+
+def _open(settings: dict):
+    """The study, an MLflow client and the uploader; exits if they do not open."""
     import optuna
     from mlflow.tracking import MlflowClient
 
@@ -173,21 +196,10 @@ def main() -> None:
         study = optuna.load_study(
             study_name=settings["study"], storage=settings["storage"]
         )
-        client = MlflowClient(settings["tracking_uri"])
-        lock = open(lock_path(settings["storage"], settings["study"]), "a")  # noqa: SIM115
+        return study, MlflowClient(settings["tracking_uri"]), upload_files
     except Exception as e:  # the worker then draws the plots itself
         print(f"sweep: the plotter could not open the study ({e})", file=sys.stderr)
         sys.exit(1)
-    holder = False
-    for _ in _requests(stdin):
-        holder = holder or _take(lock)
-        if not holder:
-            continue  # another plotter on this machine draws this study
-        try:
-            trials = study.get_trials(deepcopy=False)
-            upload_files(client, settings["run_id"], study, trials, plots=True)
-        except Exception as e:  # a report must never stop the sweep
-            print(f"sweep: the study plots were not redrawn ({e})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -247,7 +247,10 @@ def run(
         if plotter is not None:
             # The final plots are drawn here; the child's drawing would be stale.
             plotter.stop(wait=False)
-        report.refresh(study)
+        # By the last worker to finish: another one still training draws them
+        # when its trial ends (a dead one's trial does not count).
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        report.refresh(study, draw=not retries.live_workers(study, running))
         status = "FINISHED"
     except servers.ServerUnavailable:
         status = "KILLED"

@@ -2,7 +2,8 @@
 
 `sweep.cli` parses the command line and calls one function here per verb;
 these open the home and the stores, load the data, call the module that does
-the work, and print what the user sees.
+the work, and print what the user sees. The training stack (Keras, JAX) is
+imported by the verbs that train, so `sweep status` answers without it.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sweep import config as config_module
-from sweep import data, keys, retries, servers, study, summary, ui, workers
-from sweep.data import Features
+from sweep import data, keys, retries, servers, summary, ui, workers
 from sweep.home import Home
 from sweep.stores import Stores, check_servers, resolve_stores
+
+if TYPE_CHECKING:
+    from sweep.data import Features
+    from sweep.study import Session
 
 
 def train(config, data_source: str, as_json: bool = False) -> int:
@@ -95,6 +100,8 @@ def launch(path: Path, options: RunOptions, join: bool = False) -> int:
     # Servers that cannot be reached are told before the data is built.
     check_servers(stores)
     features = data.load(options.data_source, home=home, log=print)
+    from sweep import study
+
     session = study.launch(
         study_file, stores, options.n_trials, join=join,
         max_retries=options.max_retries,
@@ -119,6 +126,8 @@ def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
     home = Home.from_environment()
     stores = resolve_stores(home, options.storage, options.tracking_uri)
     # The study first: an unknown name is told at once, before any data build.
+    from sweep import study
+
     session = study.resume(name, stores, options.n_trials, study_file,
                      options.max_retries, options.worker_index)  # fmt: skip
     features = data.load(options.data_source, home=home, log=print)
@@ -130,7 +139,7 @@ def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
     return _work(session, stores, home, features, options)
 
 
-def _work(session: study.Session, stores: Stores, home: Home, features: Features,
+def _work(session: Session, stores: Stores, home: Home, features: Features,
           options: RunOptions) -> int:  # fmt: skip
     """Runs the session here, or in worker processes; then prints the summary."""
     name = session.study.study_name
@@ -143,6 +152,8 @@ def _work(session: study.Session, stores: Stores, home: Home, features: Features
     else:
         home.use_compilation_cache()
         try:
+            from sweep import study
+
             study.run(
                 session,
                 features,

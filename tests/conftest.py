@@ -1,3 +1,4 @@
+import fcntl
 import os
 from pathlib import Path
 
@@ -82,7 +83,11 @@ def real_home():
 
 @pytest.fixture(scope="session")
 def real_features(real_home):
-    return data.load("recbole", home=real_home, log=lambda _: None)
+    # Parallel test workers share the home: one fetches and builds, the
+    # others then read what it made.
+    with open(real_home / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return data.load("recbole", home=real_home, log=lambda _: None)
 
 
 @pytest.fixture(scope="session")
