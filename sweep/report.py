@@ -2,25 +2,18 @@
 
 Refreshed by every worker when one of its trials finishes (an Optuna callback)
 and at the end of a sweep, so the parent run always shows the study so far:
-
-    report/top100_accuracy_vs_epoch.png   the reference's plot: the baselines
-                                          and the best trials, per validation
-    report/optuna/<plot>.html and .png    Optuna's optimization history,
-                                          parameter importances, parallel
-                                          coordinates and intermediate values
-    trials.csv                            every trial's params, state, scores
-    metric best_val_top100_accuracy       the best so far (step = finished trials)
-    the run's description (markdown)      study file, data, best trial, how to
-                                          export it
+the files `sweep.plots` writes (the accuracy curves, Optuna's plots,
+trials.csv), the metric `best_val_top100_accuracy` (the best so far, step =
+finished trials) and the run's description (study file, data, best trial, how
+to export it).
 
 The metric and the description are cheap and refreshed by the worker after
-every trial. The files cost more (the plots a second or more per drawing, more
-as the study grows): after every trial they are written by a low-priority child
-process (`sweep.plotter`), off the worker's cores as far as they are busy, and
-at the end of a sweep by the worker itself. Without that process the worker
-writes trials.csv after every trial and draws the plots at most every
-`PLOT_INTERVAL_SECONDS`, and less often when drawing that often would cost it
-more than `PLOT_BUDGET` of its time.
+every trial. The files cost more (more as the study grows): after every trial
+they are written by a low-priority child process (`sweep.plotter`), off the
+worker's cores as far as they are busy, and at the end of a sweep by the last
+worker to finish. Without that process the worker writes trials.csv after
+every trial and draws the plots at most every `PLOT_INTERVAL_SECONDS`, and less
+often when drawing that often would cost it more than `PLOT_BUDGET` of its time.
 """
 
 from __future__ import annotations
