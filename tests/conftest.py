@@ -105,3 +105,23 @@ def postgres_server():
         yield server
     finally:
         server.stop()
+
+
+# Each of the two test workers takes whole modules (`--dist loadfile`), in
+# collection order; the longest start first, so that none is left running
+# alone at the end.
+SLOWEST_FIRST = (
+    "tests/e2e/test_export.py",
+    "tests/test_study.py",
+    "tests/e2e/test_resume.py",
+    "tests/test_compose_stack.py",
+    "tests/test_servers.py",
+    "tests/e2e/test_ui.py",
+    "tests/e2e/test_launch.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    """Moves the slowest modules to the front (their own order kept)."""
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
