@@ -10,6 +10,7 @@ fi
 stamp=.venv/.sweep-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  # No bytecode for every installed file: what is imported is compiled then.
+  .venv/bin/python -m pip install --quiet --no-compile -e ".[test]"
   touch "$stamp"
 fi
