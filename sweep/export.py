@@ -355,7 +355,11 @@ def register_model(stores: Stores, name: str, trial: FrozenTrial, folder: Path) 
     mlflow.set_tracking_uri(stores.tracking_uri)
     mlflow.set_registry_uri(stores.tracking_uri)
     run_id = trial.user_attrs[keys.RUN_ID_ATTR]
-    tags = {keys.STUDY_TAG: name, keys.TRIAL_TAG: str(trial.number), "run_id": run_id}
+    tags = {
+        keys.STUDY_TAG: name,
+        keys.TRIAL_TAG: str(trial.number),
+        keys.RUN_ID_TAG: run_id,
+    }
     versions = _versions()
     # Logged on the trial's run, so the registry links back to its curves.
     with mlflow.start_run(run_id=run_id):

@@ -39,6 +39,11 @@ FAIL_REASON_TAG = "sweep.fail_reason"
 STUDY_TAG = "sweep.study"  # on a registered model version
 TRIAL_TAG = "sweep.trial"  # on a registered model version
 DESCRIPTION_TAG = "mlflow.note.content"  # the run's description in the UI
+STUDY_NAME_TAG = "optuna.study_name"  # on the parent and trial runs
+TRIAL_NUMBER_TAG = "optuna.trial_number"  # on a trial run
+RUN_ID_TAG = "run_id"  # on a registered model version: the trial's run
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the UI's view of an experiment
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + a key: a saved runs-table view
 
 # MLflow metrics of a trial run (steps are epochs).
 LOSS = "loss"

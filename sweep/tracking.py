@@ -35,13 +35,13 @@ from sweep.keys import ROLE_TAG, STATE_TAG
 
 # The MLflow UI opens an experiment in its GenAI view unless it is marked as
 # model development.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND = {keys.EXPERIMENT_KIND_TAG: "custom_model_development"}
 # The MLflow UI keeps its runs table's columns in the browser; a "shared view"
 # (the UI's Share button) is that state stored as an experiment tag, opened by
 # `?viewStateShareKey=<key>`. Each study's experiment carries one, so the
 # printed URL shows the scores and params of every trial, best first.
 VIEW_KEY = "sweep-trials"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_TAG = f"{keys.SHARED_VIEW_TAG}{VIEW_KEY}"
 # The runs table's metric columns (the second is its sort order).
 TRIAL_METRICS = (keys.VAL_ACCURACY, keys.BEST_ACCURACY, keys.BEST_EPOCH)
 
@@ -203,7 +203,7 @@ class Tracker:
         run = self.client.create_run(
             experiment_id,
             run_name=study_name,
-            tags={ROLE_TAG: "study", "optuna.study_name": study_name, **tags},
+            tags={ROLE_TAG: "study", keys.STUDY_NAME_TAG: study_name, **tags},
         )
         return run.info.run_id
 
@@ -225,8 +225,8 @@ class Tracker:
                 MLFLOW_PARENT_RUN_ID: parent_run_id,
                 MLFLOW_RUN_NAME: f"trial-{trial_number}",
                 ROLE_TAG: "trial",
-                "optuna.study_name": study_name,
-                "optuna.trial_number": str(trial_number),
+                keys.STUDY_NAME_TAG: study_name,
+                keys.TRIAL_NUMBER_TAG: str(trial_number),
                 STATE_TAG: "RUNNING",
                 **(tags or {}),
             },
