@@ -103,9 +103,12 @@ def launch(path: Path, options: RunOptions, join: bool = False) -> int:
     from sweep import study
 
     session = study.launch(
-        study_file, stores, options.n_trials, join=join,
+        study_file,
+        stores,
+        options.n_trials,
+        join=join,
         max_retries=options.max_retries,
-    )  # fmt: skip
+    )
     settings, training = study_file.study, study_file.training
     print(
         f"study {settings.name!r}: {session.target} trials of {training.epochs} "
@@ -128,8 +131,14 @@ def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
     # The study first: an unknown name is told at once, before any data build.
     from sweep import study
 
-    session = study.resume(name, stores, options.n_trials, study_file,
-                     options.max_retries, options.worker_index)  # fmt: skip
+    session = study.resume(
+        name,
+        stores,
+        options.n_trials,
+        study_file,
+        options.max_retries,
+        options.worker_index,
+    )
     features = data.load(options.data_source, home=home, log=print)
     done = summary.finished_count(session.study)
     print(
@@ -139,8 +148,13 @@ def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
     return _work(session, stores, home, features, options)
 
 
-def _work(session: Session, stores: Stores, home: Home, features: Features,
-          options: RunOptions) -> int:  # fmt: skip
+def _work(
+    session: Session,
+    stores: Stores,
+    home: Home,
+    features: Features,
+    options: RunOptions,
+) -> int:
     """Runs the session here, or in worker processes; then prints the summary."""
     name = session.study.study_name
     if options.workers > 1:
