@@ -10,7 +10,6 @@ fi
 stamp=.venv/.sweep-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  # No bytecode for every installed file: what is imported is compiled then.
-  .venv/bin/python -m pip install --quiet --no-compile -e ".[test]"
+  .venv/bin/python -m pip install --quiet -e ".[test]"
   touch "$stamp"
 fi
