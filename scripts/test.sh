@@ -24,6 +24,7 @@ bash scripts/setup.sh
 .venv/bin/ruff check sweep tests benchmarks
 .venv/bin/ruff format --check sweep tests benchmarks
 # Two workers, each taking whole test modules (so a module's fixtures, a
-# launched study or a server, are made once): much of a test's time is a sweep
-# process starting, which leaves the other core idle. `-n 0`: one process.
+# launched study or a server, are made once; tests/conftest.py keeps the smoke
+# study's readers together): much of a test's time is a sweep process
+# starting, which leaves the other core idle. `-n 0`: one process.
 exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -120,8 +120,33 @@ SLOWEST_FIRST = (
     "tests/e2e/test_launch.py",
 )
 
+# The modules that read the smoke study (the `smoke` fixture) go to one test
+# worker together, which launches it once for all of them.
+SMOKE_MODULES = {
+    "tests/e2e/test_export.py",
+    "tests/e2e/test_launch.py",
+    "tests/e2e/test_ui.py",
+}
+
 
 def pytest_collection_modifyitems(items):
     """Moves the slowest modules to the front (their own order kept)."""
     rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules per test worker, the smoke study's readers as one."""
+    from xdist.scheduler import LoadFileScheduling
+
+    # In collection order (SLOWEST_FIRST), not xdist's default of the modules
+    # with the most tests first.
+    config.option.loadscopereorder = False
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            module = super()._split_scope(nodeid)
+            return "smoke study" if module in SMOKE_MODULES else module
+
+    return Scheduling(config, log)

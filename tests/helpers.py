@@ -6,7 +6,10 @@ one another.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +37,42 @@ def run_sweep(*args, env=None, timeout=600):
         text=True,
         env={**os.environ, **(env or {})},
         timeout=timeout,
+    )
+
+
+def run_main(*args, env=None):
+    """Runs `sweep.cli.main` (what the console script calls) in this process.
+
+    For the many variants of one verb's checks: the libraries are imported
+    once per test process instead of once per variant. Each behaviour that a
+    real process adds (what its imports print, its exit status) is checked
+    with `run_sweep` as well. Environment, signal handlers and the server
+    wait are put back afterwards.
+
+    Returns:
+        A `subprocess.CompletedProcess` as `run_sweep` gives.
+    """
+    from sweep import cli, servers
+
+    saved_env = dict(os.environ)
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved_wait = servers.wait_seconds()
+    os.environ.update(env or {})
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as e:  # argparse's errors and --help
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for number, handler in saved_signals.items():
+            signal.signal(number, handler)
+        servers.set_wait(saved_wait)
+    return subprocess.CompletedProcess(
+        ["sweep", *args], code, out.getvalue(), err.getvalue()
     )
 
 

@@ -3,7 +3,13 @@ import os
 
 import pytest
 
-from tests.helpers import GOOD, assert_one_line_error, run_sweep, share_cache
+from tests.helpers import (
+    GOOD,
+    assert_one_line_error,
+    run_main,
+    run_sweep,
+    share_cache,
+)
 
 
 @pytest.fixture
@@ -79,7 +85,9 @@ def test_sweep_home_that_is_a_file_is_one_line(verb, tmp_path):
     study.write_text(GOOD)
     args = [str(study) if a == "STUDY" else a for a in verb]
     args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
-    result = run_sweep(*args, env={"SWEEP_HOME": str(home)})
+    # In this process: a real process's one line is checked per verb elsewhere
+    # (test_sweep_home_under_a_file_is_one_line, bad input in the verbs' tests).
+    result = run_main(*args, env={"SWEEP_HOME": str(home)})
     assert_one_line_error(
         result, f"sweep {verb[0]}: error: SWEEP_HOME={home} is a file, not a folder"
     )
@@ -115,7 +123,8 @@ def test_sweep_home_under_a_file_is_one_line(tmp_path):
     ],
 )
 def test_configurations_too_large_are_one_line(args, fragment, grouplens_spec):
-    result = run_sweep("train", "--data-source", grouplens_spec, *args)
+    # In this process (a real one's one line: the missing data folder below).
+    result = run_main("train", "--data-source", grouplens_spec, *args)
     assert_one_line_error(result, "sweep train: error:", fragment)
 
 
@@ -125,7 +134,7 @@ def test_missing_data_folder_is_one_line(tmp_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = run_sweep(
+    result = run_main(
         "--debug", "train", "--data-source", f"grouplens:{tmp_path / 'none'}"
     )
     assert result.returncode == 1
@@ -133,7 +142,8 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_train_json_is_the_last_stdout_line(grouplens_spec):
-    result = run_sweep(
+    # In this process; a real `sweep train` runs in the next test.
+    result = run_main(
         "train", "--data-source", grouplens_spec, "--epochs", "3",
         "--validation-freq", "2", "--batch-size", "64", "--json",
     )  # fmt: skip
@@ -167,7 +177,8 @@ def test_train_prints_validations_and_best(grouplens_spec):
 
 
 def test_diverging_training_fails_in_one_line(grouplens_spec):
-    result = run_sweep(
+    # In this process (a real one's one line: the missing data folder above).
+    result = run_main(
         "train", "--data-source", grouplens_spec, "--learning-rate", "1e30",
         "--epochs", "2", "--batch-size", "16",
     )  # fmt: skip
