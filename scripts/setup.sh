@@ -9,7 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.sweep-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
   # uv installs the same versions as pip in a third of the time (it unpacks
   # and byte-compiles on every core); pip does it where uv cannot be had or
   # cannot reach the index. Byte-compiled either way: a process that finds no

@@ -135,18 +135,30 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return verbs.resume(args.name, _run_options(args), path)
 
 
+def cmd_confirm(args: argparse.Namespace) -> int:
+    """Retrains a study's best configurations over fresh seeds; names a champion.
+
+    The K best distinct configurations of the search (--finalists) are each
+    trained again from scratch with S seeds no trial used (--seeds); the
+    champion is the one with the highest mean. Runs or continues the stage.
+    """
+    from sweep import verbs
+
+    return verbs.confirm(args.name, args.finalists, args.seeds, _run_options(args))
+
+
 def _run_options(args: argparse.Namespace):
     from sweep import verbs
 
     return verbs.RunOptions(
-        n_trials=args.n_trials,
-        workers=args.workers,
+        n_trials=getattr(args, "n_trials", None),
+        workers=getattr(args, "workers", 1),
         max_retries=args.max_retries,
         data_source=args.data_source,
         storage=args.storage,
         tracking_uri=args.tracking_uri,
         server_wait=args.server_wait,
-        worker_index=args.worker_index,
+        worker_index=getattr(args, "worker_index", 0),
         cpus=getattr(args, "cpus", None),
     )
 
@@ -321,6 +333,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_arguments(resume)
     resume.set_defaults(run=cmd_resume)
+
+    confirm = verbs.add_parser(
+        "confirm",
+        help=cmd_confirm.__doc__.splitlines()[0],
+        description=cmd_confirm.__doc__,
+    )
+    confirm.add_argument("name", help="the study name")
+    confirm.add_argument(
+        "--finalists",
+        type=_positive_int,
+        help="configurations to confirm (default: the study's [confirm], else 3)",
+    )
+    confirm.add_argument(
+        "--seeds",
+        type=_positive_int,
+        help="fresh seeds per configuration (default: the study's, else 3)",
+    )
+    confirm.add_argument(
+        "--max-retries",
+        type=_non_negative_int,
+        default=3,
+        help="times a run whose worker died or was interrupted is retried",
+    )
+    _add_store_arguments(confirm)
+    confirm.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
+    confirm.set_defaults(run=cmd_confirm)
 
     status = verbs.add_parser(
         "status", help=cmd_status.__doc__, description=cmd_status.__doc__

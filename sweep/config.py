@@ -26,6 +26,10 @@ depth = 1
 width = 32
 embedding_dim = 32
 learning_rate = 0.05
+
+[confirm]                 # optional: after the search, retrain its finalists
+finalists = 3             # the best distinct configurations
+seeds = 3                 # fresh seeds each
 ```
 
 Every error names the file, the key, the value given and what is expected.
@@ -74,6 +78,18 @@ class TrainingSettings:
     epochs: int
     validation_freq: int = 5
     batch_size: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfirmSettings:
+    """The `[confirm]` table: the finalists retrained after the search."""
+
+    finalists: int = 3
+    seeds: int = 3
+
+    def as_attr(self) -> dict[str, int]:
+        """The form kept in the study's user attrs."""
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +143,7 @@ class Study:
         training: The `[training]` table.
         space: The `[space]` entries by hyperparameter name.
         baselines: Configurations to run before the search, in file order.
+        confirm: The confirmation stage after the search (None: none).
     """
 
     path: Path
@@ -135,6 +152,7 @@ class Study:
     training: TrainingSettings
     space: dict[str, Param]
     baselines: tuple[dict[str, Any], ...]
+    confirm: ConfirmSettings | None = None
 
 
 class _Reader:
@@ -235,7 +253,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     read = _Reader(path)
-    read.no_unknown(doc, "", ("study", "training", "space", "baselines"))
+    read.no_unknown(doc, "", ("study", "training", "space", "baselines", "confirm"))
 
     table = read.table(doc, "study")
     read.no_unknown(
@@ -289,7 +307,16 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
         raise read.fail("baselines", baselines, "[[baselines]] tables")
     for index, baseline in enumerate(baselines):
         _check_baseline(read, index, baseline, space)
-    return Study(path, text, study, training, space, tuple(baselines))
+
+    confirm = None
+    if "confirm" in doc:
+        table = read.table(doc, "confirm")
+        read.no_unknown(table, "[confirm] ", ("finalists", "seeds"))
+        confirm = ConfirmSettings(
+            finalists=read.integer(table, "[confirm] ", "finalists", 3),
+            seeds=read.integer(table, "[confirm] ", "seeds", 3),
+        )
+    return Study(path, text, study, training, space, tuple(baselines), confirm)
 
 
 def _param(read: _Reader, name: str, entry) -> Param:
@@ -411,6 +438,7 @@ def differences(old: Study, new: Study) -> str:
         for name in params.NAMES
     ]
     pairs.append(("[[baselines]]", list(old.baselines), list(new.baselines)))
+    pairs.append(("[confirm]", old.confirm, new.confirm))
     for key, was, now in pairs:
         if was != now:
             changes.append(f"{key}: {_shown(was)} -> {_shown(now)}")
@@ -420,4 +448,8 @@ def differences(old: Study, new: Study) -> str:
 def _shown(value) -> str:
     if isinstance(value, Param):
         return value.describe()
+    if isinstance(value, ConfirmSettings):
+        return _toml(value.as_attr())
+    if value is None:
+        return "(none)"
     return _toml(value)

@@ -15,6 +15,8 @@ STUDY_FILE_ATTR = "sweep.study_file"  # the study file's text, as launched
 TARGET_ATTR = "n_trials"  # finished trials the study aims for
 EXPERIMENT_ATTR = "mlflow_experiment_id"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+CONFIRM_PLAN_ATTR = "sweep.confirm"  # {"finalists", "seeds"} of the confirmation
+CONFIRM_OF_ATTR = "sweep.confirm_of"  # on a confirmation study: the study it confirms
 
 # Optuna trial user attrs.
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
@@ -27,9 +29,14 @@ BEST_EPOCH_ATTR = "best_epoch"
 PRUNED_AT_ATTR = "pruned_at_epoch"
 RESUMED_FROM_ATTR = "resumed_from_epoch"
 TRACKING_SECONDS_ATTR = "tracking_seconds"
+FINALIST_OF_ATTR = "sweep.finalist_of"  # a confirmation run's search trial
+SEED_ATTR = "sweep.seed"  # a confirmation run's seed (search trials derive theirs)
+DIVERGED_ATTR = "sweep.diverged"  # a confirmation run whose loss diverged
 
 # MLflow tags.
-ROLE_TAG = "sweep.role"  # "study" (the parent run) or "trial"
+ROLE_TAG = "sweep.role"  # "study" (the parent run), "trial" or "confirm"
+FINALIST_OF_TAG = "sweep.finalist_of"  # a confirmation run's search trial
+SEED_TAG = "sweep.seed"  # a confirmation run's seed
 STATE_TAG = "sweep.trial_state"  # the trial's Optuna state
 STUDY_FILE_TAG = "sweep.study_file"  # the parent run's study file name
 RETRY_TAG = "sweep.retry_of"  # the trial number a retry continues

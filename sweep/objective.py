@@ -14,6 +14,7 @@ interrupt (Ctrl-C, SIGTERM) fails it, marked for a retry.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import config as config_module
-from sweep import interrupts, keys, servers, space, train
+from sweep import confirm, interrupts, keys, servers, space, train
 from sweep.backend import keras
 from sweep.data import Features
 from sweep.errors import SweepError, TrialFailed
@@ -178,6 +179,11 @@ class Objective:
         """Runs one trial; returns its best validation top-100 accuracy."""
         self._claim(trial)
         config = space.suggest(trial, self.study)
+        # A confirmation run is queued with its seed; a search trial derives
+        # its own from the study seed and its number.
+        seed = trial.user_attrs.get(keys.SEED_ATTR)
+        if seed is not None:
+            config = dataclasses.replace(config, seed=seed)
         log = self._start(trial, config)
         keras.backend.clear_session()
         try:
@@ -201,8 +207,15 @@ class Objective:
             log.close("FAIL")
             raise
         except TrialFailed as e:
-            log.fail(str(e))
-            raise
+            if seed is None:
+                log.fail(str(e))
+                raise
+            # A confirmation run measures its seed: a diverged loss is its
+            # result (the finalist is unstable), not a failure to retry.
+            trial.set_user_attr(keys.DIVERGED_ATTR, True)
+            log.run.set_tag(keys.FAIL_REASON_TAG, str(e)[:5000])
+            log.close("COMPLETE")
+            return log.best.val_top100_accuracy if log.best else 0.0
         except Exception as e:  # anything else inside one trial fails only it
             reason = f"{type(e).__name__}: {e}"
             log.fail(reason)
@@ -244,6 +257,14 @@ class Objective:
         self._check_needed(trial, trials)
         retry_of = RetryStaleTrial.retried_trial_number(frozen)
         tags = {} if retry_of is None else {keys.RETRY_TAG: str(retry_of)}
+        finalist = trial.user_attrs.get(keys.FINALIST_OF_ATTR)
+        run_name = None
+        if finalist is not None:
+            self._check_not_duplicate(trial, frozen, trials)
+            tags[keys.ROLE_TAG] = "confirm"
+            tags[keys.FINALIST_OF_TAG] = str(finalist)
+            tags[keys.SEED_TAG] = str(config.seed)
+            run_name = f"confirm-{finalist}-{trial.number}"
         previous_run = (
             trial.user_attrs.get(keys.RUN_ID_ATTR) if retry_of is not None else None
         )
@@ -254,6 +275,7 @@ class Objective:
             trial.number,
             config.params(),
             tags,
+            run_name,
         )
         trial.set_user_attr(keys.RUN_ID_ATTR, run.run_id)
         resumed = (
@@ -280,6 +302,18 @@ class Objective:
                 keys.FAIL_REASON_ATTR, "not needed: the target was reached"
             )
             raise TrialFailed("not needed: other workers reached the target")
+
+    def _check_not_duplicate(
+        self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial]
+    ) -> None:
+        """Drops a confirmation run queued twice (by two workers at once)."""
+        earlier = confirm.duplicate_of(frozen, trials)
+        if earlier is not None:
+            trial.set_user_attr(keys.SURPLUS_ATTR, True)
+            trial.set_user_attr(
+                keys.FAIL_REASON_ATTR, f"not needed: trial {earlier} runs the same"
+            )
+            raise TrialFailed(f"not needed: trial {earlier} runs the same")
 
     def _checkpoint_of(
         self, trial: FrozenTrial, previous_run: str | None

@@ -5,6 +5,10 @@ A study's trials are Optuna trials in an RDB storage (SQLite under
 (`sweep.objective`) and logs to a nested MLflow run under the study's parent
 run. Any number of workers (processes here, or on other machines) run one
 study's loop at once; they meet only in the stores.
+
+After the search, the same loop runs the confirmation stage's queued trials
+(what they are and how the champion is chosen: `sweep.confirm`); that second
+use of the loop is why this module runs past 450 lines.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import config as config_module
-from sweep import keys, retries, servers, space, summary
+from sweep import confirm, keys, retries, servers, space, summary
 from sweep.data import Features
 from sweep.errors import SweepError, TrialFailed
 from sweep.objective import Objective
@@ -130,6 +134,8 @@ def _record(
     study.set_user_attr(keys.TARGET_ATTR, target)
     study.set_user_attr(keys.EXPERIMENT_ATTR, experiment_id)
     study.set_user_attr(keys.PARENT_RUN_ATTR, parent_run_id)
+    if study_file.confirm is not None:
+        study.set_user_attr(keys.CONFIRM_PLAN_ATTR, study_file.confirm.as_attr())
     for baseline in study_file.baselines:
         study.enqueue_trial(baseline, user_attrs={keys.BASELINE_ATTR: True})
 
@@ -213,11 +219,23 @@ def run(
     checkpoints: Path,
     progress: bool = True,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    search: bool = True,
 ) -> None:
     """Runs the session's trials until the study reaches its target.
 
+    Then, if the study has a confirmation plan (`sweep.confirm`), its
+    finalists' runs until every one has run.
+
     The study's MLflow run is RUNNING meanwhile, then FINISHED (or KILLED when
     interrupted, FAILED when stopped by an error).
+
+    Args:
+        session: The opened study.
+        features: The data.
+        checkpoints: The folder of the trials' checkpoints (one per study).
+        progress: Show a progress bar and one line per trial.
+        max_retries: How many times a trial whose worker died is retried.
+        search: Run the search; False: the confirmation stage only.
     """
     study, tracker = session.study, session.tracker
     parent_run_id = study.user_attrs[keys.PARENT_RUN_ATTR]
@@ -243,14 +261,17 @@ def run(
     )
     status = "FAILED"
     try:
-        run_trials(study, objective, session.target, progress, [report])
+        if search:
+            run_trials(study, objective, session.target, progress, [report])
+        plan = confirm.stored_plan(study)
+        if plan is not None:
+            _confirm(session, objective, plan, checkpoints, progress, max_retries)
         if plotter is not None:
             # The final plots are drawn here; the child's drawing would be stale.
             plotter.stop(wait=False)
         # By the last worker to finish: another one still training draws them
         # when its trial ends (a dead one's trial does not count).
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        report.refresh(study, draw=not retries.live_workers(study, running))
+        report.refresh(study, draw=not _others_running(study))
         status = "FINISHED"
     except servers.ServerUnavailable:
         status = "KILLED"
@@ -261,11 +282,63 @@ def run(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         status = "KILLED"
         retries.requeue_interrupted(study, tracker, max_retries)
+        companion = confirm.companion_of(study)
+        if companion is not None:
+            retries.requeue_interrupted(companion, tracker, max_retries)
         raise
     finally:
         if plotter is not None:
             plotter.stop(wait=False)
         tracker.finish_run(parent_run_id, status)
+
+
+def _others_running(study: optuna.Study) -> bool:
+    """Whether a live worker still runs a trial of the study or its confirmation."""
+    for one in (study, confirm.companion_of(study)):
+        if one is not None:
+            running = one.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if retries.live_workers(one, running):
+                return True
+    return False
+
+
+def _confirm(
+    session: Session,
+    search: Objective,
+    plan: config_module.ConfirmSettings,
+    checkpoints: Path,
+    progress: bool,
+    max_retries: int,
+) -> None:
+    """Runs the confirmation stage: every finalist over every fresh seed."""
+    study = session.study
+    # Before anything is created: a search without a complete trial has
+    # nothing to confirm.
+    confirm.check_confirmable(
+        study.study_name, confirm.finalists(study.get_trials(deepcopy=False), 1)
+    )
+    companion = confirm.open_companion(study, study._storage)  # noqa: SLF001
+    retries.fail_orphaned_trials(companion, session.tracker, max_retries)
+    settings = session.study_file.study
+
+    def queue() -> int:
+        return confirm.queue(study, companion, plan, settings.seed)
+
+    target = queue()
+    if progress:
+        print(f"confirming {target // plan.seeds} finalists over {plan.seeds} seeds")
+    objective = Objective(
+        search.study,
+        search.features,
+        search.tracker,
+        search.experiment_id,
+        search.parent_run_id,
+        checkpoints / companion.study_name,
+    )
+    run_trials(companion, objective, target, progress, refill=queue)
+    if progress:
+        # The champion's line follows in the sweep's summary.
+        print(confirm.table(confirm.results(study, companion)))
 
 
 def run_trials(
@@ -274,6 +347,7 @@ def run_trials(
     target: int,
     progress: bool = True,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    refill: Callable[[], int] | None = None,
 ) -> None:
     """Runs trials, one at a time, until the study holds `target` finished trials.
 
@@ -285,6 +359,16 @@ def run_trials(
 
     Stops early, with a `SweepError`, after `MAX_CONSECUTIVE_FAILURES` failed
     trials in a row.
+
+    Args:
+        study: The study.
+        objective: What each trial runs.
+        target: The finished trials to reach.
+        progress: Show a progress bar and one line per trial.
+        callbacks: Optuna trial callbacks (after the progress line).
+        refill: Queues the trials still to run, for a study whose every trial
+            is queued (confirmation runs): called before a trial starts, so
+            that nothing is ever sampled.
     """
     objective.target = target
     bar = Progress(target, summary.finished_count(study), enabled=progress)
@@ -310,6 +394,8 @@ def run_trials(
                 retries.fail_unclaimed_trials(study, trials, objective.tracker)
                 time.sleep(1)
                 continue
+            if refill is not None and TrialState.WAITING not in states:
+                refill()
             study.optimize(
                 objective,
                 n_trials=1,

@@ -12,7 +12,7 @@ import math
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import keys, params, retries, servers
+from sweep import confirm, keys, params, retries, servers
 
 
 def best_accuracy(trial: FrozenTrial) -> float | None:
@@ -70,6 +70,10 @@ def summary_table(study: optuna.Study, count: int = 10) -> str:
     )
     lines.append(", ".join(f"{n} {state.lower()}" for state, n in counts.items()))
     lines.append(tracking_share(study))
+    finalists = confirm.results(study, confirm.companion_of(study))
+    champion = confirm.champion_text(finalists)
+    if champion:
+        lines.append(champion)
     return "\n".join(lines)
 
 
@@ -97,7 +101,10 @@ def status_report(storage_url: str, name: str | None = None) -> str:
     from sweep import stores
 
     storage = stores.open_storage(storage_url)
-    summaries = storage.get_all_studies()
+    # A confirmation stage is shown with the study it confirms.
+    summaries = [
+        s for s in storage.get_all_studies() if not confirm.is_companion(s.study_name)
+    ]
     if name is not None:
         stores.check_exists(storage, storage_url, name)
         summaries = [s for s in summaries if s.study_name == name]
@@ -127,6 +134,12 @@ def _status(study: optuna.Study) -> str:
             f"  best: trial {t.number} ({t.state.name.lower()}) val top-100 "
             f"{best_accuracy(t):.4f} at epoch {epoch}, {trial_text(t)}"
         )
+    companion = confirm.companion_of(study)
+    champion = confirm.champion_text(confirm.results(study, companion))
+    if champion:
+        lines.append(f"  {champion}")
     alive = retries.live_workers(study, trials)
+    if companion is not None:
+        alive += retries.live_workers(companion, companion.get_trials(deepcopy=False))
     lines.append(f"  workers alive: {', '.join(alive) if alive else 'none'}")
     return "\n".join(lines)

@@ -215,15 +215,21 @@ class Tracker:
         trial_number: int,
         params: dict,
         tags: dict | None = None,
+        run_name: str | None = None,
     ) -> TrialRun:
-        """Creates a trial's run nested under the study's run, with its params."""
+        """Creates a trial's run nested under the study's run, with its params.
+
+        Named `trial-N` unless `run_name` is given; `tags` may override the
+        role (`keys.ROLE_TAG`).
+        """
         start = time.perf_counter()
+        run_name = run_name or f"trial-{trial_number}"
         run = self.client.create_run(
             experiment_id,
-            run_name=f"trial-{trial_number}",
+            run_name=run_name,
             tags={
                 MLFLOW_PARENT_RUN_ID: parent_run_id,
-                MLFLOW_RUN_NAME: f"trial-{trial_number}",
+                MLFLOW_RUN_NAME: run_name,
                 ROLE_TAG: "trial",
                 keys.STUDY_NAME_TAG: study_name,
                 keys.TRIAL_NUMBER_TAG: str(trial_number),

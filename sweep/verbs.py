@@ -148,14 +148,56 @@ def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
     return _work(session, stores, home, features, options)
 
 
+def confirm(
+    name: str, finalists: int | None, seeds: int | None, options: RunOptions
+) -> int:
+    """`sweep confirm`: retrains a study's finalists over fresh seeds.
+
+    Runs (or continues) the confirmation stage of any study, one launched
+    before the stage existed included; the search itself is not continued.
+    Sizes not given come from the study's plan, then its file's `[confirm]`,
+    then `config.ConfirmSettings`'s defaults.
+
+    Returns:
+        The exit code (130 when interrupted).
+    """
+    from sweep import confirm as confirm_module
+
+    home = Home.from_environment()
+    stores = resolve_stores(home, options.storage, options.tracking_uri)
+    from sweep import study
+
+    session = study.resume(name, stores, None, None, options.max_retries)
+    confirm_module.check_confirmable(
+        name, confirm_module.finalists(session.study.get_trials(deepcopy=False), 1)
+    )
+    plan = (
+        confirm_module.stored_plan(session.study)
+        or session.study_file.confirm
+        or config_module.ConfirmSettings()
+    )
+    plan = dataclasses.replace(
+        plan,
+        finalists=finalists or plan.finalists,
+        seeds=seeds or plan.seeds,
+    )
+    features = data.load(options.data_source, home=home, log=print)
+    session.study.set_user_attr(keys.CONFIRM_PLAN_ATTR, plan.as_attr())
+    return _work(session, stores, home, features, options, search=False)
+
+
 def _work(
     session: Session,
     stores: Stores,
     home: Home,
     features: Features,
     options: RunOptions,
+    search: bool = True,
 ) -> int:
-    """Runs the session here, or in worker processes; then prints the summary."""
+    """Runs the session here, or in worker processes; then prints the summary.
+
+    `search=False` runs the confirmation stage only (in this process).
+    """
     name = session.study.study_name
     if options.workers > 1:
         code = workers.run_workers(options.workers, _worker_args(name, stores, options))
@@ -174,6 +216,7 @@ def _work(
                 home.checkpoints,
                 progress=options.worker_index == 0,
                 max_retries=options.max_retries,
+                search=search,
             )
         except servers.ServerUnavailable as e:
             # What the command line adds to its one line once trials have run.

@@ -26,6 +26,9 @@ def test_default_study_holds_the_reference_configurations():
         (1, 32), (2, 32), (3, 32),
     ]  # fmt: skip
     assert all(b["learning_rate"] == 0.05 for b in study.baselines)
+    # Its finalists are confirmed; the smoke study's are not.
+    assert (study.confirm.finalists, study.confirm.seeds) == (3, 3)
+    assert load_study(REPO / "studies" / "smoke.toml").confirm is None
 
 
 def test_good_file_parses(tmp_path):

@@ -15,6 +15,7 @@ from tests.helpers import (
     STUDY,
     assert_one_line_error,
     baseline,
+    run_main,
     run_sweep,
     share_cache,
     study_file,
@@ -69,7 +70,9 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, spec, cached_home
         baselines=baseline(1e30) + baseline(0.05),
     )
     home = cached_home
-    result = launch(path, spec, home)
+    # In this process (a real `sweep launch` runs in the tests around it).
+    result = run_main("launch", str(path), "--data-source", spec,
+                      env={"SWEEP_HOME": str(home)})  # fmt: skip
     assert result.returncode == 0, result.stderr
     study = load(home)
     states = [t.state.name for t in study.trials]
@@ -196,8 +199,9 @@ def test_resume_of_unknown_study_is_one_line(tmp_path, spec):
 def test_resume_raises_the_target_and_never_requeues_baselines(launched, spec):
     _, (_, home), _ = launched
     # Launched with a baseline and 3 trials in all.
-    result = run_sweep("resume", "t", "--n-trials", "5", "--data-source", spec,
-                       env={"SWEEP_HOME": str(home)})  # fmt: skip
+    # In this process (a real `sweep resume` runs in tests/e2e/test_resume.py).
+    result = run_main("resume", "t", "--n-trials", "5", "--data-source", spec,
+                      env={"SWEEP_HOME": str(home)})  # fmt: skip
     assert result.returncode == 0, result.stderr
     study = load(home)
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 5

@@ -14,7 +14,7 @@ import pytest
 
 from sweep.keys import BEST_ARTIFACT, RUN_ID_ATTR
 from sweep.train import BestModel
-from tests.helpers import assert_one_line_error, run_sweep
+from tests.helpers import assert_one_line_error, run_main, run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -183,7 +183,10 @@ def test_parity_check_fails_on_a_tampered_weight_file(smoke, exported, tmp_path)
             kernel = weights["layers/query_model/dense_layers/layers/dense/vars/0"]
             kernel[...] = -kernel[...]
         out = tmp_path / "tampered"
-        result = export(home, out, "--trial", str(best.number), "--no-register")
+        # In this process (a real export's one-line errors: the test below).
+        result = run_main("export", "smoke", "--out", str(out), "--data-source",
+                          "recbole", "--trial", str(best.number), "--no-register",
+                          env={"SWEEP_HOME": str(home)})  # fmt: skip
     finally:
         stored.write_bytes(original)
     assert_one_line_error(result, "parity check failed", f"{best.value:.4f}")

@@ -1,0 +1,340 @@
+"""The confirmation stage: the search's finalists retrained over fresh seeds.
+
+A trial's value is the best validation of one seed (weights and data order),
+chosen among many trials on the same validation ratings: the search's best is
+often a lucky draw of an unstable configuration. After the search, the K best
+distinct configurations are each trained again from scratch with S seeds that
+no search trial used, and the champion is the finalist with the highest mean
+over its seeds. A finalist with a seed that collapses (its best below
+`COLLAPSE_SHARE` of the finalist's own search value, or a loss that diverged)
+is marked unstable and is never the champion.
+
+The stage's runs are trials of a companion Optuna study in the same storage
+(`companion_name`), queued with their fixed configuration and seed, so the
+study machinery applies unchanged: heartbeats and retries, checkpoints, any
+number of workers, and `sweep resume` to finish it. The plan (how many
+finalists, how many seeds) is kept on the search study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep import keys, params
+from sweep.config import ConfirmSettings as Plan
+from sweep.errors import SweepError
+
+# A seed whose best is below this share of the finalist's search value has
+# collapsed (the default study's lucky champion retrained at a tenth of its
+# search value; stable finalists stay within a few hundredths).
+COLLAPSE_SHARE = 0.5
+# Mixed into the study seed so that confirmation seeds are a stream apart from
+# the search's per-trial seeds (`space.trial_seed`).
+_SEED_STREAM = 0x636F6E66  # "conf"
+
+
+def companion_name(name: str) -> str:
+    """The Optuna study holding a study's confirmation runs.
+
+    `:` cannot appear in a study file's name, so no user study can take it.
+    """
+    return f"{name}:confirm"
+
+
+def is_companion(name: str) -> bool:
+    """Whether a stored study is some study's confirmation stage."""
+    return name.endswith(":confirm")
+
+
+def stored_plan(study: optuna.Study) -> Plan | None:
+    """The plan kept on a search study, if its stage was asked for."""
+    attr = study.user_attrs.get(keys.CONFIRM_PLAN_ATTR)
+    return Plan(**attr) if attr else None
+
+
+def confirmation_seeds(study_seed: int, count: int, taken: set[int]) -> list[int]:
+    """`count` seeds for the finalists, derived from the study seed.
+
+    Every finalist trains with the same seeds (a paired comparison). None is a
+    seed a search trial used (`taken`).
+    """
+    seeds, index = [], 0
+    while len(seeds) < count:
+        state = np.random.SeedSequence([study_seed, _SEED_STREAM, index])
+        seed = int(state.generate_state(1)[0])
+        index += 1
+        if seed not in taken:
+            seeds.append(seed)
+    return seeds
+
+
+def finalists(trials: list[FrozenTrial], count: int) -> list[FrozenTrial]:
+    """The `count` best distinct configurations among the complete trials.
+
+    Each configuration is represented by its best trial (the earliest on ties).
+    """
+    best: dict[tuple, FrozenTrial] = {}
+    for trial in sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE),
+        key=lambda t: (-t.value, t.number),
+    ):
+        best.setdefault(_config_key(trial.params), trial)
+    return list(best.values())[:count]
+
+
+def _config_key(values: dict) -> tuple:
+    return tuple(sorted(values.items()))
+
+
+def _configuration(trial: FrozenTrial) -> dict:
+    """A trial's params; for one still queued, those it was queued with."""
+    # Optuna keeps a queued trial's values in a system attr until it runs.
+    return trial.params or trial.system_attrs.get("fixed_params", {})
+
+
+def open_companion(
+    study: optuna.Study, storage: optuna.storages.BaseStorage
+) -> optuna.Study:
+    """The study's confirmation study, created if it does not exist yet."""
+    name = companion_name(study.study_name)
+    try:
+        companion = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction="maximize",
+            # Every trial is queued with its configuration: nothing is sampled.
+            sampler=optuna.samplers.RandomSampler(),
+            pruner=optuna.pruners.NopPruner(),
+        )
+        companion.set_user_attr(keys.CONFIRM_OF_ATTR, study.study_name)
+        for attr in (keys.EXPERIMENT_ATTR, keys.PARENT_RUN_ATTR):
+            companion.set_user_attr(attr, study.user_attrs[attr])
+        return companion
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(
+            study_name=name,
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),
+            pruner=optuna.pruners.NopPruner(),
+        )
+
+
+def queue(study: optuna.Study, companion: optuna.Study, plan: Plan, seed: int) -> int:
+    """Queues every (finalist, seed) run of the plan not queued or run yet.
+
+    Safe to call from several workers at once: a run queued twice is dropped
+    when it starts (`duplicate_of`).
+
+    Returns:
+        The number of runs the plan holds (the companion study's target).
+
+    Raises:
+        SweepError: The search has no complete trial to confirm.
+    """
+    from sweep import space  # the training stack: not for `sweep status`
+
+    trials = study.get_trials(deepcopy=False)
+    chosen = finalists(trials, plan.finalists)
+    check_confirmable(study.study_name, chosen)
+    taken = {space.trial_seed(seed, t.number) for t in trials}
+    seeds = confirmation_seeds(seed, plan.seeds, taken)
+    have = {
+        (_config_key(_configuration(t)), t.user_attrs.get(keys.SEED_ATTR))
+        for t in companion.get_trials(deepcopy=False)
+        if t.state != TrialState.FAIL or t.user_attrs.get(keys.INTERRUPTED_ATTR)
+    }
+    for finalist in chosen:
+        for run_seed in seeds:
+            if (_config_key(finalist.params), run_seed) in have:
+                continue
+            companion.enqueue_trial(
+                finalist.params,
+                user_attrs={
+                    keys.FINALIST_OF_ATTR: finalist.number,
+                    keys.SEED_ATTR: run_seed,
+                },
+                skip_if_exists=False,
+            )
+    return len(chosen) * len(seeds)
+
+
+def check_confirmable(name: str, chosen: list[FrozenTrial]) -> None:
+    """Raises the one "nothing to confirm" error if no finalist was found.
+
+    Raises:
+        SweepError: The search has no complete trial.
+    """
+    if not chosen:
+        raise SweepError(
+            f"study {name!r} has no complete trial to confirm; its search "
+            f"must finish one first (`sweep resume {name}`)"
+        )
+
+
+def companion_of(study: optuna.Study) -> optuna.Study | None:
+    """A study's confirmation study, if the stage has started."""
+    storage = study._storage  # noqa: SLF001  (the same storage, already open)
+    name = companion_name(study.study_name)
+    if name not in {s.study_name for s in storage.get_all_studies()}:
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def duplicate_of(trial: FrozenTrial, trials: list[FrozenTrial]) -> int | None:
+    """An earlier run of the same finalist and seed, finished or running."""
+    seed = trial.user_attrs.get(keys.SEED_ATTR)
+    for other in trials:
+        if (
+            other.number < trial.number
+            and other.user_attrs.get(keys.SEED_ATTR) == seed
+            and _configuration(other) == _configuration(trial)
+            and other.state in (*keys.FINISHED, TrialState.RUNNING)
+        ):
+            return other.number
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Finalist:
+    """One finalist's search value and its confirmation runs.
+
+    Attributes:
+        trial: The search trial whose configuration it is.
+        runs: Its complete confirmation trials (one per seed run so far).
+        seeds: The seeds the plan gives it.
+    """
+
+    trial: FrozenTrial
+    runs: tuple[FrozenTrial, ...]
+    seeds: int
+
+    @property
+    def values(self) -> list[float]:
+        """Each seed's best validation top-100 accuracy."""
+        return [r.value for r in self.runs]
+
+    @property
+    def mean(self) -> float | None:
+        """The mean over its seeds (None before any has run)."""
+        return statistics.fmean(self.values) if self.runs else None
+
+    @property
+    def std(self) -> float:
+        """The sample standard deviation over its seeds (0 for one seed)."""
+        return statistics.stdev(self.values) if len(self.runs) > 1 else 0.0
+
+    @property
+    def stderr(self) -> float:
+        """The standard error of its mean."""
+        return self.std / math.sqrt(len(self.runs)) if self.runs else math.inf
+
+    @property
+    def done(self) -> bool:
+        """Whether every seed of the plan has run."""
+        return len(self.runs) >= self.seeds
+
+    @property
+    def unstable(self) -> bool:
+        """Whether a seed collapsed or diverged."""
+        floor = COLLAPSE_SHARE * self.trial.value
+        return any(
+            r.value < floor or r.user_attrs.get(keys.DIVERGED_ATTR) for r in self.runs
+        )
+
+    @property
+    def best_run(self) -> FrozenTrial | None:
+        """Its seed run with the best score (what an export serves)."""
+        return max(self.runs, key=lambda r: (r.value, -r.number), default=None)
+
+    @property
+    def mean_best_epoch(self) -> float | None:
+        """The mean over its seeds of the epoch of the best validation."""
+        epochs = [r.user_attrs.get(keys.BEST_EPOCH_ATTR) for r in self.runs]
+        epochs = [e for e in epochs if e is not None]
+        return statistics.fmean(epochs) if epochs else None
+
+
+def results(study: optuna.Study, companion: optuna.Study | None) -> list[Finalist]:
+    """The plan's finalists with their runs, in search order (best first)."""
+    plan = stored_plan(study)
+    if plan is None:
+        return []
+    chosen = finalists(study.get_trials(deepcopy=False), plan.finalists)
+    runs = [] if companion is None else companion.get_trials(deepcopy=False)
+    out = []
+    for trial in chosen:
+        own = {}
+        for run in runs:
+            if run.state == TrialState.COMPLETE and run.params == trial.params:
+                own.setdefault(run.user_attrs.get(keys.SEED_ATTR), run)
+        out.append(Finalist(trial, tuple(own.values()), plan.seeds))
+    return out
+
+
+def champion(finalists: list[Finalist]) -> Finalist | None:
+    """The stable finalist of highest mean, once every finalist's seeds have run."""
+    if not finalists or not all(f.done for f in finalists):
+        return None
+    stable = [f for f in finalists if not f.unstable]
+    return max(stable, key=lambda f: (f.mean, -f.trial.number), default=None)
+
+
+def close_call(finalists: list[Finalist]) -> bool:
+    """Whether the top two stable means are within one standard error."""
+    stable = sorted(
+        (f for f in finalists if not f.unstable and f.runs), key=lambda f: -f.mean
+    )
+    if len(stable) < 2:
+        return False
+    first, second = stable[:2]
+    return first.mean - second.mean <= max(first.stderr, second.stderr)
+
+
+def table(finalists: list[Finalist]) -> str:
+    """The finalists as a text table: configuration, search value, seeds' spread."""
+    header = (
+        f"{'trial':>5}  {params.header()}  {'search':>7}  {'mean':>7}  {'std':>7}  "
+        f"{'min':>7}  {'max':>7}  {'seeds':>5}"
+    )
+    lines = [header, "-" * len(header)]
+    for f in sorted(finalists, key=lambda f: -(f.mean or -1)):
+        values = f.values
+        spread = (
+            f"{f.mean:7.4f}  {f.std:7.4f}  {min(values):7.4f}  {max(values):7.4f}"
+            if values
+            else f"{'-':>7}  {'-':>7}  {'-':>7}  {'-':>7}"
+        )
+        note = "  unstable" if f.unstable else ""
+        lines.append(
+            f"{f.trial.number:>5}  {params.row(f.trial.params)}  "
+            f"{f.trial.value:7.4f}  {spread}  {len(values):>2}/{f.seeds:<2}{note}"
+        )
+    return "\n".join(lines)
+
+
+def champion_text(finalists: list[Finalist]) -> str | None:
+    """One line naming the champion with its mean and spread, if there is one."""
+    if not finalists:
+        return None
+    best = champion(finalists)
+    if best is None:
+        if all(f.done for f in finalists):
+            return "confirmed champion: none (every finalist collapsed on a seed)"
+        runs = sum(len(f.runs) for f in finalists)
+        total = sum(f.seeds for f in finalists)
+        return f"confirmation: {runs} of {total} runs finished"
+    line = (
+        f"confirmed champion: trial {best.trial.number} "
+        f"({params.text(best.trial.params)}), "
+        f"val top-100 {best.mean:.4f} +- {best.std:.4f} over {len(best.runs)} "
+        f"seeds (search {best.trial.value:.4f})"
+    )
+    if close_call(finalists):
+        line += "; the runner-up is within one standard error"
+    return line

@@ -1,0 +1,275 @@
+"""The confirmation stage: finalists, fresh seeds, the champion, on real stores."""
+
+import mlflow
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from sweep import config, confirm, keys, space, stores
+from sweep.errors import ConfigError
+from tests.helpers import STUDY, assert_one_line_error, run_main
+
+DISTRIBUTIONS = {
+    "depth": CategoricalDistribution([1, 2]),
+    "width": CategoricalDistribution([8, 16]),
+    "embedding_dim": CategoricalDistribution([8, 16]),
+    "learning_rate": FloatDistribution(0.01, 0.5),
+}
+
+
+def _params(depth=1, width=8, rate=0.1):
+    return {"depth": depth, "width": width, "embedding_dim": 16, "learning_rate": rate}
+
+
+def _trial(value, state=TrialState.COMPLETE, **params):
+    return create_trial(
+        state=state,
+        value=value if state == TrialState.COMPLETE else None,
+        params=_params(**params),
+        distributions=DISTRIBUTIONS,
+    )
+
+
+def _run(value, finalist, seed, diverged=False, **params):
+    attrs = {keys.SEED_ATTR: seed, keys.BEST_EPOCH_ATTR: 2}
+    if diverged:
+        attrs[keys.DIVERGED_ATTR] = True
+    trial = _trial(value, **params)
+    trial.user_attrs.update(attrs)
+    return trial
+
+
+@pytest.fixture
+def searched(tmp_path):
+    """A search study on a real SQLite file: three configurations, one twice."""
+    storage = stores.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.set_user_attr(keys.EXPERIMENT_ATTR, "1")
+    study.set_user_attr(keys.PARENT_RUN_ATTR, "parent")
+    for value, params in [
+        (0.30, {"depth": 1}),
+        (0.36, {"depth": 2}),
+        (0.34, {"depth": 1}),  # the first configuration again, better
+        (0.33, {"depth": 2, "width": 16}),
+        (None, {"depth": 1, "width": 16}),
+    ]:
+        state = TrialState.COMPLETE if value is not None else TrialState.PRUNED
+        study.add_trial(_trial(value, state, **params))
+    return study, storage
+
+
+def test_finalists_are_the_best_distinct_configurations(searched):
+    study, _ = searched
+    chosen = confirm.finalists(study.get_trials(), 3)
+    assert [t.number for t in chosen] == [1, 2, 3]
+    assert [t.number for t in confirm.finalists(study.get_trials(), 1)] == [1]
+
+
+def test_seeds_are_derived_repeatably_and_never_a_search_seed():
+    search = {space.trial_seed(42, n) for n in range(100)}
+    seeds = confirm.confirmation_seeds(42, 5, search)
+    assert seeds == confirm.confirmation_seeds(42, 5, search)
+    assert len(set(seeds)) == 5 and not set(seeds) & search
+    # A seed that is taken is skipped, the next one used instead.
+    assert confirm.confirmation_seeds(42, 2, {seeds[0]}) == seeds[1:3]
+    assert confirm.confirmation_seeds(43, 5, set()) != seeds
+
+
+def test_the_plan_is_queued_once_and_duplicates_are_found(searched):
+    study, storage = searched
+    study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 2, "seeds": 2})
+    companion = confirm.open_companion(study, storage)
+    plan = confirm.stored_plan(study)
+    assert confirm.queue(study, companion, plan, 42) == 4
+    assert confirm.queue(study, companion, plan, 42) == 4  # nothing more queued
+    queued = companion.get_trials()
+    assert len(queued) == 4
+    assert {t.user_attrs[keys.FINALIST_OF_ATTR] for t in queued} == {1, 2}
+    assert len({t.user_attrs[keys.SEED_ATTR] for t in queued}) == 2
+    # Reopened, not created again; the parent run is the study's.
+    again = confirm.open_companion(study, storage)
+    assert again.user_attrs[keys.CONFIRM_OF_ATTR] == "s"
+    assert again.user_attrs[keys.PARENT_RUN_ATTR] == "parent"
+    # The same finalist and seed queued a second time is a duplicate of the first.
+    first = queued[0]
+    companion.enqueue_trial(
+        first.system_attrs["fixed_params"], user_attrs=first.user_attrs
+    )
+    companion._storage.set_trial_state_values(first._trial_id, TrialState.RUNNING)
+    trials = companion.get_trials()
+    assert confirm.duplicate_of(trials[-1], trials) == first.number
+    assert confirm.duplicate_of(trials[1], trials) is None
+    # A larger plan adds only what is missing.
+    study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 3, "seeds": 3})
+    assert confirm.queue(study, companion, confirm.stored_plan(study), 42) == 9
+    assert len(companion.get_trials()) == 5 + 5
+
+
+def test_no_complete_trial_is_one_error_and_creates_nothing(tmp_path):
+    storage = stores.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="e", storage=storage)
+    study.add_trial(_trial(None, TrialState.PRUNED))
+    with pytest.raises(Exception, match="no complete trial to confirm"):
+        confirm.check_confirmable("e", confirm.finalists(study.get_trials(), 3))
+
+
+def test_the_champion_is_the_stable_finalist_of_best_mean(searched):
+    study, storage = searched
+    study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 3, "seeds": 2})
+    companion = confirm.open_companion(study, storage)
+    # Trial 1 (0.36 in the search) collapses on one seed; trial 2 holds.
+    for value, finalist, seed, params in [
+        (0.35, 1, 11, {"depth": 2}),
+        (0.05, 1, 12, {"depth": 2}),
+        (0.33, 2, 11, {"depth": 1}),
+        (0.32, 2, 12, {"depth": 1}),
+        (0.31, 3, 11, {"depth": 2, "width": 16}),
+    ]:
+        companion.add_trial(_run(value, finalist, seed, **params))
+    finalists = confirm.results(study, companion)
+    assert [f.trial.number for f in finalists] == [1, 2, 3]
+    unstable, holds, partial = finalists
+    assert unstable.unstable and not holds.unstable
+    assert holds.mean == pytest.approx(0.325)
+    assert holds.std == pytest.approx(0.0070711, abs=1e-6)
+    assert holds.mean_best_epoch == 2
+    assert not partial.done
+    assert confirm.champion(finalists) is None  # trial 3 has one seed of two
+    assert "5 of 6 runs finished" in confirm.champion_text(finalists)
+    companion.add_trial(_run(0.20, 3, 12, diverged=True, depth=2, width=16))
+    finalists = confirm.results(study, companion)
+    assert finalists[2].unstable  # a diverged seed, though above half
+    assert confirm.champion(finalists).trial.number == 2
+    text = confirm.champion_text(finalists)
+    assert "confirmed champion: trial 2" in text
+    assert "0.3250 +- 0.0071 over 2 seeds (search 0.3400)" in text
+    table = confirm.table(finalists)
+    assert table.count("unstable") == 2
+    assert not confirm.close_call(finalists)
+
+
+def test_a_close_runner_up_is_said(searched):
+    study, storage = searched
+    study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 2, "seeds": 2})
+    companion = confirm.open_companion(study, storage)
+    for value, finalist, seed, params in [
+        (0.34, 1, 11, {"depth": 2}),
+        (0.30, 1, 12, {"depth": 2}),
+        (0.33, 2, 11, {"depth": 1}),
+        (0.30, 2, 12, {"depth": 1}),
+    ]:
+        companion.add_trial(_run(value, finalist, seed, **params))
+    finalists = confirm.results(study, companion)
+    assert confirm.close_call(finalists)
+    assert "within one standard error" in confirm.champion_text(finalists)
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ("finalists = 0", "[confirm] finalists = 0: expected a whole number of at"),
+        ('seeds = "3"', '[confirm] seeds = "3": expected a whole number'),
+        ("rounds = 2", "[confirm] rounds is not a known key"),
+    ],
+)
+def test_bad_confirm_table_is_one_error(tmp_path, table, message):
+    text = STUDY.format(name="c", n_trials=2, sampler="random", rates="0.1",
+                        baselines="") + f"\n[confirm]\n{table}\n"  # fmt: skip
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        config.parse_study(text, tmp_path / "c.toml")
+
+
+def _launch(tmp_path, home, spec, extra=""):
+    path = tmp_path / "c.toml"
+    path.write_text(
+        STUDY.format(
+            name="c", n_trials=2, sampler="random", rates="0.05, 0.2", baselines=""
+        )
+        + extra  # fmt: skip
+    )
+    return run_main("launch", str(path), "--data-source", spec,
+                    env={"SWEEP_HOME": str(home)})  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_launch_confirms_its_finalists_then_confirm_adds_seeds(
+    tmp_path, cached_home, synthetic_spec
+):
+    home = cached_home
+    result = _launch(tmp_path, home, synthetic_spec,
+                     "\n[confirm]\nfinalists = 2\nseeds = 1\n")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "confirming 2 finalists over 1 seeds" in result.stdout
+    assert "confirmed champion: trial" in result.stdout
+    url = f"sqlite:///{home / 'optuna.db'}"
+    study = optuna.load_study(study_name="c", storage=url)
+    companion = optuna.load_study(study_name="c:confirm", storage=url)
+    runs = companion.get_trials()
+    assert [t.state.name for t in runs] == ["COMPLETE"] * 2
+    chosen = confirm.finalists(study.get_trials(), 2)
+    assert {t.user_attrs[keys.FINALIST_OF_ATTR] for t in runs} == {
+        t.number for t in chosen
+    }
+    by_number = {t.number: t for t in chosen}
+    for run in runs:
+        assert run.params == by_number[run.user_attrs[keys.FINALIST_OF_ATTR]].params
+    search_seeds = {space.trial_seed(3, t.number) for t in study.trials}
+    seeds = {t.user_attrs[keys.SEED_ATTR] for t in runs}
+    assert len(seeds) == 1 and not seeds & search_seeds
+    # Each run is a child of the study's run, tagged as a confirmation.
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    for run in runs:
+        logged = client.get_run(run.user_attrs[keys.RUN_ID_ATTR])
+        tags = logged.data.tags
+        assert tags["mlflow.parentRunId"] == study.user_attrs[keys.PARENT_RUN_ATTR]
+        assert tags[keys.ROLE_TAG] == "confirm"
+        assert tags[keys.FINALIST_OF_TAG] == str(run.user_attrs[keys.FINALIST_OF_ATTR])
+        assert tags[keys.SEED_TAG] == str(run.user_attrs[keys.SEED_ATTR])
+        assert logged.data.params["depth"] == str(run.params["depth"])
+        assert logged.info.status == "FINISHED"
+        assert logged.data.metrics[keys.BEST_ACCURACY] == pytest.approx(run.value)
+    # Status: the study once, with its champion; the stage is not a study.
+    status = run_main("status", env={"SWEEP_HOME": str(home)})
+    assert "c: 2 of 2 finished" in status.stdout
+    assert "c:confirm" not in status.stdout
+    assert "confirmed champion: trial" in status.stdout
+
+    # One more seed for each finalist: only the two new runs train.
+    more = run_main("confirm", "c", "--seeds", "2", "--data-source", synthetic_spec,
+                    env={"SWEEP_HOME": str(home)})  # fmt: skip
+    assert more.returncode == 0, more.stderr
+    runs = optuna.load_study(study_name="c:confirm", storage=url).get_trials()
+    assert [t.state.name for t in runs] == ["COMPLETE"] * 4
+    assert len({t.user_attrs[keys.SEED_ATTR] for t in runs}) == 2
+    assert "over 2 seeds" in more.stdout
+    assert len(optuna.load_study(study_name="c", storage=url).trials) == 2
+
+
+def test_confirm_of_a_study_without_complete_trials_creates_nothing(
+    tmp_path, cached_home, synthetic_spec
+):
+    home = cached_home
+    url = f"sqlite:///{home / 'optuna.db'}"
+    storage = stores.open_storage(url)
+    study = optuna.create_study(study_name="p", storage=storage)
+    study.set_user_attr(keys.STUDY_FILE_ATTR, STUDY.format(
+        name="p", n_trials=2, sampler="random", rates="0.1", baselines=""))  # fmt: skip
+    study.add_trial(_trial(None, TrialState.PRUNED))
+    result = run_main("confirm", "p", "--data-source", synthetic_spec,
+                      env={"SWEEP_HOME": str(home)})  # fmt: skip
+    assert_one_line_error(result, "study 'p' has no complete trial to confirm")
+    assert [s.study_name for s in storage.get_all_studies()] == ["p"]
+    assert (
+        keys.CONFIRM_PLAN_ATTR
+        not in optuna.load_study(study_name="p", storage=url).user_attrs
+    )
+
+
+def test_confirm_of_an_unknown_study_is_one_line(tmp_path):
+    # In this process: a real process's "no study" line is resume's, the same
+    # code (tests/test_study.py).
+    result = run_main("confirm", "ghost", env={"SWEEP_HOME": str(tmp_path / "h")})
+    assert_one_line_error(result, "sweep confirm: error: no study 'ghost'")
+    bad = run_main("confirm", "ghost", "--seeds", "0")
+    assert_one_line_error(bad, "argument --seeds: 0 is below 1", code=2)
