@@ -135,7 +135,10 @@ def test_registry_alias_follows_the_latest_export(smoke, exported, tmp_path,
     # --force replaces a folder that holds something else.
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "stale.txt").write_text("old")
-    result = export(home, tmp_path / "other", "--trial", str(other.number), "--force")
+    # In this process (the real `sweep export`: the fixture's).
+    result = run_main("export", "smoke", "--out", str(tmp_path / "other"),
+                      "--data-source", "recbole", "--trial", str(other.number),
+                      "--force", env={"SWEEP_HOME": str(home)})  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "other" / "stale.txt").exists()
     info = json.loads((tmp_path / "other" / "export.json").read_text())
