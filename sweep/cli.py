@@ -253,6 +253,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="worker processes on this machine, sharing its cores",
     )
+    _add_retry_and_data_arguments(parser)
+
+
+def _add_retry_and_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every verb that runs trials takes: retries, stores, data."""
     parser.add_argument(
         "--max-retries",
         type=_non_negative_int,
@@ -350,14 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="fresh seeds per configuration (default: the study's, else 3)",
     )
-    confirm.add_argument(
-        "--max-retries",
-        type=_non_negative_int,
-        default=3,
-        help="times a run whose worker died or was interrupted is retried",
-    )
-    _add_store_arguments(confirm)
-    confirm.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
+    _add_retry_and_data_arguments(confirm)
     confirm.set_defaults(run=cmd_confirm)
 
     status = verbs.add_parser(
