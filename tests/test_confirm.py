@@ -32,7 +32,11 @@ def _trial(value, state=TrialState.COMPLETE, **params):
 
 
 def _run(value, finalist, seed, diverged=False, **params):
-    attrs = {keys.SEED_ATTR: seed, keys.BEST_EPOCH_ATTR: 2}
+    attrs = {
+        keys.FINALIST_OF_ATTR: finalist,
+        keys.SEED_ATTR: seed,
+        keys.BEST_EPOCH_ATTR: 2,
+    }
     if diverged:
         attrs[keys.DIVERGED_ATTR] = True
     trial = _trial(value, **params)
@@ -57,6 +61,18 @@ def searched(tmp_path):
         state = TrialState.COMPLETE if value is not None else TrialState.PRUNED
         study.add_trial(_trial(value, state, **params))
     return study, storage
+
+
+def _confirmed(searched, finalists, seeds, runs):
+    """The searched study with a plan, and its stage holding `runs`."""
+    study, storage = searched
+    study.set_user_attr(
+        keys.CONFIRM_PLAN_ATTR, {"finalists": finalists, "seeds": seeds}
+    )
+    companion = confirm.open_companion(study, storage)
+    for value, finalist, seed, params in runs:
+        companion.add_trial(_run(value, finalist, seed, **params))
+    return study, companion
 
 
 def test_finalists_are_the_best_distinct_configurations(searched):
@@ -115,18 +131,14 @@ def test_no_complete_trial_is_one_error_and_creates_nothing(tmp_path):
 
 
 def test_the_champion_is_the_stable_finalist_of_best_mean(searched):
-    study, storage = searched
-    study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 3, "seeds": 2})
-    companion = confirm.open_companion(study, storage)
     # Trial 1 (0.36 in the search) collapses on one seed; trial 2 holds.
-    for value, finalist, seed, params in [
+    study, companion = _confirmed(searched, 3, 2, [
         (0.35, 1, 11, {"depth": 2}),
         (0.05, 1, 12, {"depth": 2}),
         (0.33, 2, 11, {"depth": 1}),
         (0.32, 2, 12, {"depth": 1}),
         (0.31, 3, 11, {"depth": 2, "width": 16}),
-    ]:
-        companion.add_trial(_run(value, finalist, seed, **params))
+    ])  # fmt: skip
     finalists = confirm.results(study, companion)
     assert [f.trial.number for f in finalists] == [1, 2, 3]
     unstable, holds, partial = finalists
@@ -150,16 +162,12 @@ def test_the_champion_is_the_stable_finalist_of_best_mean(searched):
 
 
 def test_a_close_runner_up_is_said(searched):
-    study, storage = searched
-    study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 2, "seeds": 2})
-    companion = confirm.open_companion(study, storage)
-    for value, finalist, seed, params in [
+    study, companion = _confirmed(searched, 2, 2, [
         (0.34, 1, 11, {"depth": 2}),
         (0.30, 1, 12, {"depth": 2}),
         (0.33, 2, 11, {"depth": 1}),
         (0.30, 2, 12, {"depth": 1}),
-    ]:
-        companion.add_trial(_run(value, finalist, seed, **params))
+    ])  # fmt: skip
     finalists = confirm.results(study, companion)
     assert confirm.close_call(finalists)
     assert "within one standard error" in confirm.champion_text(finalists)
