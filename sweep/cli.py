@@ -91,6 +91,21 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _test_fraction(text: str) -> float:
+    from sweep.config import MAX_TEST_FRACTION
+
+    expected = f"expected a number from 0 up to (not including) {MAX_TEST_FRACTION}"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number; {expected}, such as 0.1"
+        ) from None
+    if not 0 <= value < MAX_TEST_FRACTION:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; {expected}")
+    return value
+
+
 def _duration(text: str) -> float:
     from sweep import servers
 
@@ -113,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         validation_freq=args.validation_freq,
         batch_size=args.batch_size,
         seed=args.seed,
+        test_fraction=args.test_fraction,
     )
     return verbs.train(config, args.data_source, args.json)
 
@@ -296,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, default=1000)
     train.add_argument(
         "--seed", type=_seed, default=42, help="seeds weights and data order"
+    )
+    train.add_argument(
+        "--test-fraction",
+        type=_test_fraction,
+        default=0.0,
+        help="hold out this share of the ratings before the 80/20 split and "
+        "report the best epoch's test top-100 accuracy (default 0: none)",
     )
     train.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
     train.add_argument(

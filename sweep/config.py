@@ -30,6 +30,9 @@ learning_rate = 0.05
 [confirm]                 # optional: after the search, retrain its finalists
 finalists = 3             # the best distinct configurations
 seeds = 3                 # fresh seeds each
+
+[data]                    # optional
+test_fraction = 0.1       # ratings held out of training and selection (default 0)
 ```
 
 Every error names the file, the key, the value given and what is expected.
@@ -56,6 +59,9 @@ SEED_MAX = 2**32 - 1
 # in the billions would exhaust memory before the first epoch. 10,000 is over
 # 300 times the reference's 30.
 MAX_EPOCHS = 10_000
+# A held-out test share of half the ratings or more would leave the search less
+# to train and select on than it sets aside.
+MAX_TEST_FRACTION = 0.5
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MISSING = object()
 
@@ -90,6 +96,15 @@ class ConfirmSettings:
     def as_attr(self) -> dict[str, int]:
         """The form kept in the study's user attrs."""
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """The `[data]` table: how the ratings are split."""
+
+    # The share of the ratings held out before the train/validation split:
+    # no trial trains or selects on them (0: the reference's 80/20 split).
+    test_fraction: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +159,7 @@ class Study:
         space: The `[space]` entries by hyperparameter name.
         baselines: Configurations to run before the search, in file order.
         confirm: The confirmation stage after the search (None: none).
+        data: The `[data]` table.
     """
 
     path: Path
@@ -153,6 +169,7 @@ class Study:
     space: dict[str, Param]
     baselines: tuple[dict[str, Any], ...]
     confirm: ConfirmSettings | None = None
+    data: DataSettings = DataSettings()
 
 
 class _Reader:
@@ -253,7 +270,9 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     read = _Reader(path)
-    read.no_unknown(doc, "", ("study", "training", "space", "baselines", "confirm"))
+    read.no_unknown(
+        doc, "", ("study", "training", "space", "baselines", "confirm", "data")
+    )
 
     table = read.table(doc, "study")
     read.no_unknown(
@@ -316,7 +335,21 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
             finalists=read.integer(table, "[confirm] ", "finalists", 3),
             seeds=read.integer(table, "[confirm] ", "seeds", 3),
         )
-    return Study(path, text, study, training, space, tuple(baselines), confirm)
+    table = read.table(doc, "data", required=False)
+    read.no_unknown(table, "[data] ", ("test_fraction",))
+    fraction = table.get("test_fraction", 0.0)
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, int | float)
+        or not 0 <= fraction < MAX_TEST_FRACTION
+    ):
+        raise read.fail(
+            "[data] test_fraction",
+            fraction,
+            f"a number from 0 up to (not including) {MAX_TEST_FRACTION}",
+        )
+    data = DataSettings(test_fraction=float(fraction))
+    return Study(path, text, study, training, space, tuple(baselines), confirm, data)
 
 
 def _param(read: _Reader, name: str, entry) -> Param:
@@ -439,6 +472,9 @@ def differences(old: Study, new: Study) -> str:
     ]
     pairs.append(("[[baselines]]", list(old.baselines), list(new.baselines)))
     pairs.append(("[confirm]", old.confirm, new.confirm))
+    pairs.append(
+        ("[data] test_fraction", old.data.test_fraction, new.data.test_fraction)
+    )
     for key, was, now in pairs:
         if was != now:
             changes.append(f"{key}: {_shown(was)} -> {_shown(now)}")

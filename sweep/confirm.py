@@ -253,6 +253,17 @@ class Finalist:
         return max(self.runs, key=lambda r: (r.value, -r.number), default=None)
 
     @property
+    def test_values(self) -> list[float]:
+        """Each seed's test top-100 accuracy (empty without held-out ratings)."""
+        values = [r.user_attrs.get(keys.TEST_ACCURACY_ATTR) for r in self.runs]
+        return [v for v in values if v is not None]
+
+    @property
+    def test_mean(self) -> float | None:
+        """The mean test top-100 accuracy over its seeds, if measured."""
+        return statistics.fmean(self.test_values) if self.test_values else None
+
+    @property
     def mean_best_epoch(self) -> float | None:
         """The mean over its seeds of the epoch of the best validation."""
         epochs = [r.user_attrs.get(keys.BEST_EPOCH_ATTR) for r in self.runs]
@@ -296,6 +307,37 @@ def close_call(finalists: list[Finalist]) -> bool:
     return first.mean - second.mean <= max(first.stderr, second.stderr)
 
 
+def rows(finalists: list[Finalist]) -> list[dict]:
+    """The finalists table as records (the parent run's `confirm.csv`), best first."""
+    best = champion(finalists)
+    out = []
+    for f in _ranked(finalists):
+        values = f.values
+        out.append(
+            {
+                "trial": f.trial.number,
+                **{name: f.trial.params.get(name) for name in params.NAMES},
+                "search_value": f.trial.value,
+                "mean": f.mean,
+                "std": f.std if values else None,
+                "min": min(values, default=None),
+                "max": max(values, default=None),
+                "seeds_run": len(values),
+                "seeds": f.seeds,
+                "mean_best_epoch": f.mean_best_epoch,
+                "test_mean": f.test_mean,
+                "unstable": f.unstable,
+                "champion": best is f,
+            }
+        )
+    return out
+
+
+def _ranked(finalists: list[Finalist]) -> list[Finalist]:
+    """Finalists by mean, best first (those without a run yet last)."""
+    return sorted(finalists, key=lambda f: -(f.mean if f.runs else -1))
+
+
 def table(finalists: list[Finalist]) -> str:
     """The finalists as a text table: configuration, search value, seeds' spread."""
     header = (
@@ -303,7 +345,7 @@ def table(finalists: list[Finalist]) -> str:
         f"{'min':>7}  {'max':>7}  {'seeds':>5}"
     )
     lines = [header, "-" * len(header)]
-    for f in sorted(finalists, key=lambda f: -(f.mean or -1)):
+    for f in _ranked(finalists):
         values = f.values
         spread = (
             f"{f.mean:7.4f}  {f.std:7.4f}  {min(values):7.4f}  {max(values):7.4f}"
@@ -335,6 +377,8 @@ def champion_text(finalists: list[Finalist]) -> str | None:
         f"val top-100 {best.mean:.4f} +- {best.std:.4f} over {len(best.runs)} "
         f"seeds (search {best.trial.value:.4f})"
     )
+    if best.test_mean is not None:
+        line += f"; test top-100 {best.test_mean:.4f}"
     if close_call(finalists):
         line += "; the runner-up is within one standard error"
     return line

@@ -36,6 +36,8 @@ TITLE_LENGTH = 16
 # The reference's split: a seeded shuffle, then 80% (80,000) train, 20% validation.
 SPLIT_SEED = 42
 TRAIN_FRACTION = 0.8
+# Mixed into the split seed for the held-out test ratings (`Features.test_rows`).
+_TEST_STREAM = 0x74657374  # "test"
 
 QUERY_FEATURES = (
     "user_id",
@@ -106,11 +108,36 @@ class Features:
         x.update({name: self.movies[name][movies] for name in CANDIDATE_FEATURES})
         return x, self.label[rows]
 
-    def split(self, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the training and validation ratings: a seeded 80/20 split."""
-        order = np.random.default_rng(seed).permutation(len(self.label))
+    def split(
+        self, test_fraction: float = 0.0, seed: int = SPLIT_SEED
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the training and validation ratings: a seeded 80/20 split.
+
+        Args:
+            test_fraction: The share of the ratings held out first (`test_rows`);
+                the rest is split. With 0, the reference's split of them all.
+            seed: Seeds both the held-out share and the split.
+        """
+        kept, _ = self._hold_out(test_fraction, seed)
+        order = kept[np.random.default_rng(seed).permutation(len(kept))]
         train_size = round(len(order) * TRAIN_FRACTION)
         return order[:train_size], order[train_size:]
+
+    def test_rows(self, test_fraction: float, seed: int = SPLIT_SEED) -> np.ndarray:
+        """Rows of the held-out test ratings (none with a fraction of 0)."""
+        return self._hold_out(test_fraction, seed)[1]
+
+    def _hold_out(self, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows kept for the split and the rows held out, both in order."""
+        rows = np.arange(len(self.label))
+        size = round(len(rows) * fraction)
+        if size == 0:
+            return rows, rows[:0]
+        # A stream of its own: the split of the kept rows is seeded as before.
+        held = np.random.default_rng([seed, _TEST_STREAM]).permutation(rows)[:size]
+        mask = np.zeros(len(rows), dtype=bool)
+        mask[held] = True
+        return rows[~mask], rows[mask]
 
 
 def load(spec: str = "auto", home: Home | Path | None = None, log=print) -> Features:

@@ -1,6 +1,13 @@
-"""A study's best trial -> a servable recommender on disk and in the MLflow registry.
+"""A study's champion -> a servable recommender on disk and in the MLflow registry.
 
-Every complete trial logged its best epoch's weights (`sweep.study`), so the
+What is exported: once the confirmation stage (`sweep.confirm`) has named a
+champion, that finalist's seed run with the best score, with the confirmed
+mean and spread beside its own value; otherwise the search's best trial, and
+the export says its value is unconfirmed. `--trial N` exports search trial N.
+The registry's `@champion` alias follows the confirmed champion (in a study
+without a confirmation stage, the search's best, as exported).
+
+Every complete trial logged its best epoch's weights (`sweep.objective`), so the
 export rebuilds that exact model rather than retraining it. Everything is
 written to a hidden folder beside the target and checked there: the saved
 `model.keras` is loaded back (safe mode) and evaluated on the validation split,
@@ -16,7 +23,8 @@ The export folder holds:
     users.npz        every user's query features and query embedding
     serving/         a TensorFlow SavedModel of the query tower (signature
                      `serve`: the query features in, the query embedding out)
-    export.json      study, trial, params, scores, data checksum, versions
+    export.json      study, trial, params, scores (and the confirmation's),
+                     data checksum, versions
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import keys, serving, summary, train
+from sweep import confirm, keys, serving, summary, train
 from sweep.data import QUERY_FEATURES, Features
 from sweep.errors import SweepError
 from sweep.home import nearest_existing
@@ -53,15 +61,39 @@ PACKAGES = ("sweep", "keras", "keras-rs", "jax", "tensorflow-cpu", "numpy", "opt
 
 
 @dataclasses.dataclass(frozen=True)
+class Choice:
+    """What an export serves, and how far its value is confirmed.
+
+    Attributes:
+        trial: The trial whose logged model is exported: a search trial, or
+            the champion's best seed run (a trial of the confirmation study).
+        champion: The confirmed champion, when `trial` is its best seed run.
+        unconfirmed: Why the value is not a confirmed one (None if it is).
+        alias: Whether the registry's `@champion` moves to this export.
+    """
+
+    trial: FrozenTrial
+    champion: confirm.Finalist | None = None
+    unconfirmed: str | None = None
+    alias: bool = True
+
+    @property
+    def number(self) -> int:
+        """The search trial whose configuration is exported."""
+        return self.champion.trial.number if self.champion else self.trial.number
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportResult:
     """What an export made.
 
     Attributes:
         folder: The export folder.
-        trial: The exported trial's number.
-        logged_accuracy: The trial's logged best val top-100 accuracy.
+        trial: The exported configuration's search trial number.
+        logged_accuracy: The exported run's logged best val top-100 accuracy.
         exported_accuracy: The exported model's, measured again.
         model_version: The registered model version (None if not registered).
+        alias: Whether `@champion` moved to that version.
     """
 
     folder: Path
@@ -69,6 +101,39 @@ class ExportResult:
     logged_accuracy: float
     exported_accuracy: float
     model_version: str | None
+    alias: bool = False
+
+
+def choose(optuna_study: optuna.Study, number: int | None) -> Choice:
+    """The champion's best seed run; without one, the search's best or trial `number`.
+
+    Raises:
+        SweepError: No complete trial, or `number` is not a complete trial.
+    """
+    name = optuna_study.study_name
+    finalists = confirm.results(optuna_study, confirm.companion_of(optuna_study))
+    best = confirm.champion(finalists)
+    planned = confirm.stored_plan(optuna_study) is not None
+    if number is None and best is not None:
+        return Choice(best.best_run, champion=best)
+    trial = choose_trial(optuna_study, number)
+    if best is not None:
+        why = f"trial {number}'s search run was asked for; the confirmed champion "
+        why += f"is trial {best.trial.number} (`sweep export {name}` exports its "
+        why += "best seed run)"
+    elif finalists and all(f.done for f in finalists):
+        why = "every finalist of the confirmation stage collapsed on a seed"
+    elif planned:
+        state = confirm.champion_text(finalists) or "confirmation: not started"
+        why = f"the confirmation stage has not finished ({state}; `sweep resume "
+        why += f"{name}` finishes it)"
+    else:
+        why = (
+            "the study has no confirmation stage; one search value is one seed's "
+            f"best (`sweep confirm {name}` retrains its finalists)"
+        )
+    # `@champion` means the confirmed champion wherever a stage was asked for.
+    return Choice(trial, unconfirmed=why, alias=not planned and best is None)
 
 
 def choose_trial(optuna_study: optuna.Study, number: int | None) -> FrozenTrial:
@@ -109,11 +174,11 @@ def select(
     out: Path,
     trial_number: int | None = None,
     force: bool = False,
-) -> FrozenTrial:
+) -> Choice:
     """Checks an export's inputs before any work: the folder, study and trial.
 
     Returns:
-        The trial to export.
+        What to export (`choose`).
 
     Raises:
         SweepError: A non-empty folder (without `force`), an unknown study, or a
@@ -133,12 +198,12 @@ def select(
             f"--out {out} exists and is not empty; choose a new folder or pass "
             "--force to replace it"
         )
-    return choose_trial(open_study(stores, name), trial_number)
+    return choose(open_study(stores, name), trial_number)
 
 
 def export(
     name: str,
-    trial: FrozenTrial,
+    choice: Choice,
     out: Path,
     stores: Stores,
     features: Features,
@@ -149,12 +214,12 @@ def export(
 
     Args:
         name: The study name.
-        trial: The trial, from `select`.
+        choice: What to export, from `select`.
         out: The export folder; replaced if it exists (`select` checked it may be).
         stores: The study's Optuna and MLflow stores.
         features: The data the trial was trained on.
         register: Also register the model in the MLflow Model Registry under
-            the study name, with alias `champion`.
+            the study name (and move `@champion` to it if `choice.alias`).
         log: Where progress lines go.
 
     Returns:
@@ -165,47 +230,96 @@ def export(
             other data, or fails the parity check; `out` is then left as it was.
     """
     out = Path(out)
+    trial = choice.trial
     tracker = open_tracker(stores)
     run_id = trial.user_attrs.get(keys.RUN_ID_ATTR)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        log(f"exporting trial {trial.number} of study {name!r} (run {run_id})")
+        log(_announce(name, choice, run_id))
         model, best = _rebuild(tracker, trial, run_id, features, work / "fetched")
         folder = work / "export"
         folder.mkdir()
         model.save(folder / MODEL_FILE)
         # Everything below comes from the saved file, as a user will load it.
         model = load_model(folder / MODEL_FILE, features)
-        accuracy = parity_check(model, features, trial)
+        test_fraction = best.config.test_fraction
+        accuracy = parity_check(model, features, trial, test_fraction)
         log(
             f"parity: exported model {accuracy:.4f}, trial logged {trial.value:.4f} "
             f"val top-100 accuracy"
         )
-        write_indexes(model, features, folder)
-        write_serving(model, folder / SERVING_DIR)
         description = {
             "study": name,
-            "trial": trial.number,
+            "trial": choice.number,
             "mlflow_run_id": run_id,
             "params": trial.params,
             "config": dataclasses.asdict(best.config),
             "best_val_top100_accuracy": trial.value,
             "best_epoch": best.epoch,
             "exported_val_top100_accuracy": accuracy,
+            "confirmed": choice.champion is not None,
+            **_confirmation(choice),
             "data_source": features.source,
             "data_checksum": features.checksum,
             "versions": _versions(),
         }
+        if test_fraction:
+            test = train.evaluate(model, features, features.test_rows(test_fraction))
+            description["test_top100_accuracy"] = test
+            log(f"test top-100 accuracy {test:.4f} on the held-out ratings")
+        if choice.unconfirmed:
+            log(f"unconfirmed: {choice.unconfirmed}")
+        write_indexes(model, features, folder)
+        write_serving(model, folder / SERVING_DIR)
         (folder / EXPORT_FILE).write_text(json.dumps(description, indent=2) + "\n")
         version = None
         if register:
-            version = register_model(stores, name, trial, folder)
-            log(f"registered model {name!r} version {version} as @{CHAMPION_ALIAS}")
+            version = register_model(stores, name, choice, folder)
+            alias = f" as @{CHAMPION_ALIAS}" if choice.alias else ""
+            log(f"registered model {name!r} version {version}{alias}")
         _move_into_place(folder, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return ExportResult(out, trial.number, trial.value, accuracy, version)
+    return ExportResult(
+        out, choice.number, trial.value, accuracy, version, register and choice.alias
+    )
+
+
+def _announce(name: str, choice: Choice, run_id: str | None) -> str:
+    """The export's first line: what is exported, from which run."""
+    champion = choice.champion
+    if champion is None:
+        return f"exporting trial {choice.number} of study {name!r} (run {run_id})"
+    return (
+        f"exporting the confirmed champion of study {name!r}, trial "
+        f"{champion.trial.number}: val top-100 {champion.mean:.4f} +- "
+        f"{champion.std:.4f} over {len(champion.runs)} seeds; its best seed run "
+        f"(seed {choice.trial.user_attrs.get(keys.SEED_ATTR)}, run {run_id})"
+    )
+
+
+def _confirmation(choice: Choice) -> dict:
+    """export.json's record of the confirmation (or of why there is none)."""
+    champion = choice.champion
+    if champion is None:
+        return {"unconfirmed": choice.unconfirmed}
+    values = champion.values
+    record = {
+        "confirmation": {
+            "seed": choice.trial.user_attrs.get(keys.SEED_ATTR),
+            "seeds": len(values),
+            "mean_val_top100_accuracy": champion.mean,
+            "std_val_top100_accuracy": champion.std,
+            "min_val_top100_accuracy": min(values),
+            "max_val_top100_accuracy": max(values),
+            "search_val_top100_accuracy": champion.trial.value,
+            "search_mlflow_run_id": champion.trial.user_attrs.get(keys.RUN_ID_ATTR),
+        }
+    }
+    if champion.test_mean is not None:
+        record["confirmation"]["mean_test_top100_accuracy"] = champion.test_mean
+    return record
 
 
 def _rebuild(
@@ -260,15 +374,22 @@ def load_model(path: Path, features: Features):
     return model
 
 
-def evaluate(model, features: Features) -> float:
-    """The model's val top-100 accuracy on the validation split."""
-    _, val_rows = features.split()
-    x, y = features.examples(val_rows)
-    metrics = model.evaluate(x, y, batch_size=len(y), verbose=0, return_dict=True)
-    return float(metrics[train.METRIC_NAME])
+def evaluate(model, features: Features, test_fraction: float = 0.0) -> float:
+    """The model's val top-100 accuracy on the validation split.
+
+    Args:
+        model: The model.
+        features: The data.
+        test_fraction: The held-out share the model was trained without (the
+            validation split is of the rest).
+    """
+    _, val_rows = features.split(test_fraction)
+    return train.evaluate(model, features, val_rows)
 
 
-def parity_check(model, features: Features, trial: FrozenTrial) -> float:
+def parity_check(
+    model, features: Features, trial: FrozenTrial, test_fraction: float = 0.0
+) -> float:
     """Evaluates a model; fails unless it scores what the trial logged.
 
     Returns:
@@ -277,7 +398,7 @@ def parity_check(model, features: Features, trial: FrozenTrial) -> float:
     Raises:
         SweepError: The two differ by more than `PARITY_TOLERANCE`.
     """
-    accuracy = evaluate(model, features)
+    accuracy = evaluate(model, features, test_fraction)
     if abs(accuracy - trial.value) > PARITY_TOLERANCE:
         raise SweepError(
             f"parity check failed: the exported model scores {accuracy:.4f} val "
@@ -340,8 +461,8 @@ def write_serving(model, folder: Path) -> None:
         )
 
 
-def register_model(stores: Stores, name: str, trial: FrozenTrial, folder: Path) -> str:
-    """Registers an export as an MLflow pyfunc model and moves `champion` to it.
+def register_model(stores: Stores, name: str, choice: Choice, folder: Path) -> str:
+    """Registers an export as an MLflow pyfunc model; moves `champion` if it may.
 
     Returns:
         The new model version.
@@ -354,12 +475,17 @@ def register_model(stores: Stores, name: str, trial: FrozenTrial, folder: Path) 
     users = serving.UserIndex.load(folder / serving.USERS_FILE)
     mlflow.set_tracking_uri(stores.tracking_uri)
     mlflow.set_registry_uri(stores.tracking_uri)
+    trial = choice.trial
     run_id = trial.user_attrs[keys.RUN_ID_ATTR]
     tags = {
         keys.STUDY_TAG: name,
-        keys.TRIAL_TAG: str(trial.number),
+        keys.TRIAL_TAG: str(choice.number),
         keys.RUN_ID_TAG: run_id,
+        keys.CONFIRMED_TAG: str(choice.champion is not None).lower(),
     }
+    if choice.champion is not None:
+        tags[keys.SEED_TAG] = str(trial.user_attrs.get(keys.SEED_ATTR))
+        tags[keys.CONFIRMED_MEAN_TAG] = f"{choice.champion.mean:.4f}"
     versions = _versions()
     # Logged on the trial's run, so the registry links back to its curves.
     with mlflow.start_run(run_id=run_id):
@@ -385,7 +511,8 @@ def register_model(stores: Stores, name: str, trial: FrozenTrial, folder: Path) 
     version = str(info.registered_model_version)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    if choice.alias:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
     return version
 
 

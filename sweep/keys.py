@@ -32,6 +32,7 @@ TRACKING_SECONDS_ATTR = "tracking_seconds"
 FINALIST_OF_ATTR = "sweep.finalist_of"  # a confirmation run's search trial
 SEED_ATTR = "sweep.seed"  # a confirmation run's seed (search trials derive theirs)
 DIVERGED_ATTR = "sweep.diverged"  # a confirmation run whose loss diverged
+TEST_ACCURACY_ATTR = "test_top100_accuracy"  # a confirmation run's, on held-out data
 
 # MLflow tags.
 ROLE_TAG = "sweep.role"  # "study" (the parent run), "trial" or "confirm"
@@ -45,6 +46,8 @@ PRUNED_AT_TAG = "sweep.pruned_at_epoch"
 FAIL_REASON_TAG = "sweep.fail_reason"
 STUDY_TAG = "sweep.study"  # on a registered model version
 TRIAL_TAG = "sweep.trial"  # on a registered model version
+CONFIRMED_TAG = "sweep.confirmed"  # on a version: "true" if the confirmed champion
+CONFIRMED_MEAN_TAG = "sweep.confirmed_mean"  # on a version: the champion's mean
 DESCRIPTION_TAG = "mlflow.note.content"  # the run's description in the UI
 STUDY_NAME_TAG = "optuna.study_name"  # on the parent and trial runs
 TRIAL_NUMBER_TAG = "optuna.trial_number"  # on a trial run
@@ -58,6 +61,7 @@ VAL_LOSS = "val_loss"
 VAL_ACCURACY = "val_top100_accuracy"
 BEST_ACCURACY = "best_val_top100_accuracy"
 BEST_EPOCH = "best_epoch"
+TEST_ACCURACY = "test_top100_accuracy"  # with [data] test_fraction: confirmation runs
 TRACKING_SECONDS = "tracking_seconds"
 
 # MLflow artifact folders of a trial run.

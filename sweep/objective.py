@@ -5,6 +5,11 @@ pruning) and to its nested MLflow run, saves a checkpoint after each
 validation (so a retry continues rather than starts over), and keeps its best
 epoch's model. Its value is its best validation top-100 accuracy.
 
+The confirmation stage's runs (`sweep.confirm`) are trials too, queued with a
+finalist's configuration and a seed of their own: they are tagged as such in
+MLflow, also score the held-out test ratings when the study has them, and a
+diverged loss is their result (the seed collapsed) rather than a failure.
+
 What a failure means is explicit in the types: `TrialFailed` (a diverged loss,
 or any unexpected error inside one trial) ends that trial as FAIL and the sweep
 goes on; a `SweepError` (the user's mistake, true for every trial) stops it; a
@@ -100,6 +105,11 @@ class TrialLog:
         train.BestModel.save(self.best_folder, config, result, features)
         self.run.log_artifacts(self.best_folder, keys.BEST_ARTIFACT, wait=False)
 
+    def tested(self, accuracy: float) -> None:
+        """Logs the best weights' top-100 accuracy on the held-out test ratings."""
+        self.run.log_metric(keys.TEST_ACCURACY, accuracy, self.best.epoch)
+        self.trial.set_user_attr(keys.TEST_ACCURACY_ATTR, accuracy)
+
     def pruned(self) -> None:
         """Marks where the pruner stopped the trial."""
         self.run.set_tag(keys.PRUNED_AT_TAG, self.last_epoch)
@@ -186,6 +196,7 @@ class Objective:
             config = dataclasses.replace(config, seed=seed)
         log = self._start(trial, config)
         keras.backend.clear_session()
+        diverged = None
         try:
             result = train.train(
                 config,
@@ -194,8 +205,13 @@ class Objective:
                 on_epoch=log.on_epoch,
                 on_checkpoint=log.on_checkpoint,
                 resume_from=log.resumed,
+                # Only a confirmation run looks at the held-out ratings: the
+                # search never sees them, so nothing is selected on them.
+                test=seed is not None,
             )
             log.keep_best(config, result, self.features)
+            if result.test_top100_accuracy is not None:
+                log.tested(result.test_top100_accuracy)
             # Inside the try: an upload that keeps failing at the run's end
             # fails this trial (and ends its run FAILED), not the sweep.
             log.close("COMPLETE")
@@ -210,12 +226,7 @@ class Objective:
             if seed is None:
                 log.fail(str(e))
                 raise
-            # A confirmation run measures its seed: a diverged loss is its
-            # result (the finalist is unstable), not a failure to retry.
-            trial.set_user_attr(keys.DIVERGED_ATTR, True)
-            log.run.set_tag(keys.FAIL_REASON_TAG, str(e)[:5000])
-            log.close("COMPLETE")
-            return log.best.val_top100_accuracy if log.best else 0.0
+            diverged = str(e)
         except Exception as e:  # anything else inside one trial fails only it
             reason = f"{type(e).__name__}: {e}"
             log.fail(reason)
@@ -229,7 +240,30 @@ class Objective:
             # Ctrl-C, SIGTERM: Optuna fails the trial; the loop re-queues it.
             log.interrupted(e)
             raise
+        if diverged is not None:
+            return self._diverged(trial, log, diverged)
         return result.best.val_top100_accuracy
+
+    def _diverged(self, trial: optuna.Trial, log: TrialLog, reason: str) -> float:
+        """Closes a confirmation run whose loss diverged, as COMPLETE.
+
+        A confirmation run measures its seed: a diverged loss is its result
+        (the finalist is unstable), not a failure to retry. Its value is its
+        best validation before the divergence (0 without one).
+
+        Raises:
+            TrialFailed: The run could not be closed (e.g. its uploads kept
+                failing): this run fails, not the sweep.
+        """
+        trial.set_user_attr(keys.DIVERGED_ATTR, True)
+        log.run.set_tag(keys.FAIL_REASON_TAG, reason[:5000])
+        try:
+            log.close("COMPLETE")
+        except Exception as e:
+            failure = f"{type(e).__name__}: {e}"
+            log.fail(failure)
+            raise TrialFailed(failure) from e
+        return log.best.val_top100_accuracy if log.best else 0.0
 
     def _claim(self, trial: optuna.Trial) -> None:
         """Names this worker on the trial, unless a stop came first."""

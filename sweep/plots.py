@@ -5,7 +5,11 @@
     report/optuna/<plot>.html and .png    Optuna's optimization history,
                                           parameter importances, parallel
                                           coordinates and intermediate values
+    report/finalists.png                  each finalist's seeds beside its
+                                          search value (confirmation stage)
     trials.csv                            every trial's params, state, scores
+    confirm.csv                           the finalists: search value, mean,
+                                          spread over seeds (`confirm.rows`)
 
 Drawn by the worker (`sweep.report`) and by its low-priority child process
 (`sweep.plotter`), which both call `upload_files`.
@@ -13,6 +17,7 @@ Drawn by the worker (`sweep.report`) and by its low-priority child process
 
 from __future__ import annotations
 
+import csv
 import logging
 import shutil
 import tempfile
@@ -22,7 +27,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-from sweep import keys, params
+from sweep import confirm, keys, params
 
 BEST_TRIALS_PLOTTED = 5
 OPTUNA_PLOTS = (
@@ -49,11 +54,77 @@ def upload_files(
     try:
         study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
         client.log_artifact(run_id, str(folder / "trials.csv"))
+        finalists = confirm.results(study, confirm.companion_of(study))
+        if finalists:
+            write_csv(confirm.rows(finalists), folder / "confirm.csv")
+            client.log_artifact(run_id, str(folder / "confirm.csv"))
         if plots:
             write_plots(study, trials, folder / "report")
+            if finalists:
+                finalists_plot(finalists, folder / "report" / "finalists.png")
             client.log_artifacts(run_id, str(folder / "report"), "report")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_csv(records: list[dict], path: Path) -> None:
+    """Writes records with the same keys as a CSV file (empty cells for None)."""
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def finalists_plot(finalists: list[confirm.Finalist], path: Path) -> None:
+    """Each finalist's seeds (dots), their mean +- std, and its search value.
+
+    The search value is the top of one seed's draw; the seeds show what the
+    configuration gives when trained again.
+    """
+    from matplotlib.figure import Figure
+
+    best = confirm.champion(finalists)
+    figure = Figure(figsize=(8, 5), dpi=100)
+    axes = figure.add_subplot()
+    labels = []
+    for x, f in enumerate(finalists):
+        values = f.values
+        # Each kind of mark is labelled once, for the legend.
+        first = x == 0
+        axes.scatter(
+            [x] * len(values),
+            values,
+            color="tab:blue",
+            alpha=0.7,
+            label="seed runs" if first else None,
+        )
+        if values:
+            axes.errorbar(
+                x + 0.15,
+                f.mean,
+                yerr=f.std,
+                fmt="o",
+                color="black",
+                capsize=4,
+                label="mean +- std" if first else None,
+            )
+        axes.scatter(
+            [x - 0.15],
+            [f.trial.value],
+            marker="x",
+            color="tab:red",
+            s=60,
+            label="search value" if first else None,
+        )
+        mark = " (champion)" if f is best else " (unstable)" if f.unstable else ""
+        labels.append(f"trial {f.trial.number}{mark}\n{params.text(f.trial.params)}")
+    axes.set_xticks(range(len(finalists)), labels, fontsize="small")
+    axes.set_title("Finalists: search value and fresh seeds")
+    axes.set_ylabel("val top-100 accuracy")
+    axes.grid(alpha=0.3, axis="y")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path)
 
 
 def write_plots(study: optuna.Study, trials: list[FrozenTrial], folder: Path) -> None:

@@ -25,7 +25,7 @@ import optuna
 from mlflow.entities import Metric, RunTag
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import keys, plots, summary
+from sweep import confirm, keys, params, plots, summary
 from sweep.plotter import Plotter
 from sweep.tracking import Tracker
 
@@ -124,22 +124,53 @@ class StudyReport:
             "",
         ]
         best = summary.best_complete(trials)
-        if best is not None:
-            lines += [
-                f"Best: **trial {best.number}**, val top-100 accuracy "
-                f"**{best.value:.4f}** at epoch "
-                f"{best.user_attrs.get(keys.BEST_EPOCH_ATTR)} "
-                f"({summary.trial_text(best)}).",
-                "",
-                "Export it:",
-                "",
-                f"    sweep export {name} --out exports/{name}",
-            ]
-        else:
+        if best is None:
             lines.append("No complete trial yet.")
+            return "\n".join(lines)
+        lines += [
+            f"Search best: **trial {best.number}**, val top-100 accuracy "
+            f"**{best.value:.4f}** at epoch "
+            f"{best.user_attrs.get(keys.BEST_EPOCH_ATTR)} "
+            f"({summary.trial_text(best)}): one seed's best validation, on the "
+            "ratings that also chose it among the trials.",
+            "",
+        ]
+        finalists = confirm.results(study, confirm.companion_of(study))
+        lines += _confirmation(finalists)
+        what = "the champion's best seed run" if confirm.champion(finalists) else "it"
+        lines += [
+            f"Export {what}:",
+            "",
+            f"    sweep export {name} --out exports/{name}",
+        ]
         return "\n".join(lines)
 
 
-def _best(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+def _confirmation(finalists: list[confirm.Finalist]) -> list[str]:
+    """The description's paragraph on the confirmation stage (none without one)."""
+    if not finalists:
+        return []
+    best = confirm.champion(finalists)
+    if best is None:
+        return [confirm.champion_text(finalists).capitalize() + ".", ""]
+    line = (
+        f"Confirmed champion: **trial {best.trial.number}** "
+        f"({params.text(best.trial.params)}), val top-100 accuracy "
+        f"**{best.mean:.4f} +- {best.std:.4f}** over {len(best.runs)} fresh seeds "
+        f"(search {best.trial.value:.4f})"
+    )
+    if best.test_mean is not None:
+        line += f"; test top-100 accuracy **{best.test_mean:.4f}** on held-out ratings"
+    lines = [line + ".", ""]
+    if confirm.close_call(finalists):
+        lines += [
+            "The runner-up's mean is within one standard error of the champion's: "
+            "more seeds (`sweep confirm --seeds`) would tell them apart.",
+            "",
+        ]
+    unstable = [f.trial.number for f in finalists if f.unstable]
+    if unstable:
+        numbers = ", ".join(str(n) for n in unstable)
+        lines += [f"Unstable (a seed collapsed): trial {numbers}.", ""]
+    lines += ["Finalists: `confirm.csv` and `report/finalists.png`.", ""]
+    return lines

@@ -56,6 +56,7 @@ def suggest(trial: optuna.Trial, study: Study) -> TrainConfig:
         validation_freq=study.training.validation_freq,
         batch_size=study.training.batch_size,
         seed=trial_seed(study.study.seed, trial.number),
+        test_fraction=study.data.test_fraction,
     )
 
 

@@ -265,7 +265,9 @@ def run(
             run_trials(study, objective, session.target, progress, [report])
         plan = confirm.stored_plan(study)
         if plan is not None:
-            _confirm(session, objective, plan, checkpoints, progress, max_retries)
+            _confirm(
+                session, objective, plan, checkpoints, progress, max_retries, report
+            )
         if plotter is not None:
             # The final plots are drawn here; the child's drawing would be stale.
             plotter.stop(wait=False)
@@ -309,6 +311,7 @@ def _confirm(
     checkpoints: Path,
     progress: bool,
     max_retries: int,
+    report: StudyReport,
 ) -> None:
     """Runs the confirmation stage: every finalist over every fresh seed."""
     study = session.study
@@ -335,7 +338,9 @@ def _confirm(
         search.parent_run_id,
         checkpoints / companion.study_name,
     )
-    run_trials(companion, objective, target, progress, refill=queue)
+    # The finalists' table and plot are the search study's report.
+    run_trials(companion, objective, target, progress,
+               [lambda _, trial: report(study, trial)], refill=queue)  # fmt: skip
     if progress:
         # The champion's line follows in the sweep's summary.
         print(confirm.table(confirm.results(study, companion)))

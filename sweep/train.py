@@ -29,7 +29,7 @@ import numpy as np
 
 from sweep import interrupts, memory, params
 from sweep.backend import keras
-from sweep.config import MAX_EPOCHS
+from sweep.config import MAX_EPOCHS, MAX_TEST_FRACTION
 from sweep.data import Features
 from sweep.errors import ConfigError, TrialFailed
 from sweep.home import atomic_write
@@ -51,6 +51,8 @@ class TrainConfig:
         validation_freq: Validate every this many epochs (and at the last one).
         batch_size: Ratings per training step.
         seed: Seeds weight initialisation and data order.
+        test_fraction: The share of the ratings held out as a test set before
+            the train/validation split (0: none, the reference's split).
     """
 
     depth: int = 1
@@ -61,6 +63,7 @@ class TrainConfig:
     validation_freq: int = 5
     batch_size: int = 1000
     seed: int = 42
+    test_fraction: float = 0.0
 
     def __post_init__(self):
         for hyper in params.SEARCHED:
@@ -78,6 +81,16 @@ class TrainConfig:
             raise ConfigError(
                 f"epochs = {self.epochs}: expected at most {MAX_EPOCHS:,} (the "
                 "reference trains 30)"
+            )
+        fraction = self.test_fraction
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0 <= fraction < MAX_TEST_FRACTION
+        ):
+            raise ConfigError(
+                f"test_fraction = {fraction!r}: expected a number from 0 up to (not "
+                f"including) {MAX_TEST_FRACTION}"
             )
         excess = memory.over_limit(
             **{p.name: getattr(self, p.name) for p in params.SEARCHED if p.sizes_model},
@@ -130,7 +143,10 @@ class TrainResult:
         best: The validation with the highest top-100 accuracy (earliest on ties).
         best_weights: The model weights at that validation.
         train_seconds: Wall time of `fit`, validations included.
-        model: The trained model (its weights those of the last epoch).
+        model: The trained model (its weights those of the last epoch, or of
+            the best validation when the test set was evaluated).
+        test_top100_accuracy: The best validation's weights scored on the
+            held-out test ratings, if asked for and there are any.
     """
 
     params: dict
@@ -140,16 +156,20 @@ class TrainResult:
     best_weights: list[np.ndarray]
     train_seconds: float
     model: RetrievalModel | None = None
+    test_top100_accuracy: float | None = None
 
     def summary(self) -> dict:
         """The JSON form `sweep train --json` prints."""
-        return {
+        out = {
             "params": self.params,
             "validations": [dataclasses.asdict(v) for v in self.validations],
             "best_val_top100_accuracy": self.best.val_top100_accuracy,
             "best_epoch": self.best.epoch,
             "train_seconds": round(self.train_seconds, 3),
         }
+        if self.test_top100_accuracy is not None:
+            out["test_top100_accuracy"] = self.test_top100_accuracy
+        return out
 
 
 @dataclasses.dataclass
@@ -430,6 +450,7 @@ def train(
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
     resume_from: Checkpoint | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    test: bool = False,
 ) -> TrainResult:
     """Trains and validates one configuration.
 
@@ -443,6 +464,8 @@ def train(
         resume_from: Continue from this checkpoint (weights, optimizer state and
             epoch) instead of from scratch.
         callbacks: More Keras callbacks for `fit`.
+        test: Also score the best validation's weights on the held-out test
+            ratings (`config.test_fraction`; nothing to score without them).
 
     Returns:
         The validations, the best one and its weights.
@@ -450,7 +473,7 @@ def train(
     Raises:
         TrialFailed: The loss became NaN or infinite.
     """
-    train_rows, val_rows = features.split()
+    train_rows, val_rows = features.split(config.test_fraction)
     x_train, y_train = features.examples(train_rows)
     x_val, y_val = features.examples(val_rows)
     model = build_model(config, features)
@@ -476,6 +499,11 @@ def train(
         verbose=0,
     )
     seconds = time.perf_counter() - start
+    test_accuracy = None
+    test_rows = features.test_rows(config.test_fraction)
+    if test and len(test_rows):
+        model.set_weights(tracker.best_weights)
+        test_accuracy = evaluate(model, features, test_rows)
     return TrainResult(
         params=config.params(),
         validations=tracker.validations,
@@ -484,4 +512,12 @@ def train(
         best_weights=tracker.best_weights,
         train_seconds=seconds,
         model=model,
+        test_top100_accuracy=test_accuracy,
     )
+
+
+def evaluate(model: RetrievalModel, features: Features, rows: np.ndarray) -> float:
+    """The model's top-100 accuracy on the given ratings (one batch)."""
+    x, y = features.examples(rows)
+    metrics = model.evaluate(x, y, batch_size=len(y), verbose=0, return_dict=True)
+    return float(metrics[METRIC_NAME])

@@ -50,14 +50,17 @@ def train(config, data_source: str, as_json: bool = False) -> int:
             f"val_top100_accuracy {v.val_top100_accuracy:.4f}"
         )
 
-    result = train_module.train(config, features, on_validation=report)
+    result = train_module.train(config, features, on_validation=report, test=True)
     if as_json:
         print(json.dumps(result.summary()))
-    else:
-        print(
-            f"best val_top100_accuracy {result.best.val_top100_accuracy:.4f} at "
-            f"epoch {result.best.epoch} ({result.train_seconds:.1f} s)"
-        )
+        return 0
+    line = (
+        f"best val_top100_accuracy {result.best.val_top100_accuracy:.4f} at "
+        f"epoch {result.best.epoch} ({result.train_seconds:.1f} s)"
+    )
+    if result.test_top100_accuracy is not None:
+        line += f"; test_top100_accuracy {result.test_top100_accuracy:.4f}"
+    print(line)
     return 0
 
 
@@ -266,7 +269,7 @@ def export(
     storage: str | None,
     tracking_uri: str | None,
 ) -> int:
-    """`sweep export`: a study's best (or chosen) complete trial, made servable."""
+    """`sweep export`: a study's champion (or a chosen trial), made servable."""
     from sweep import export as export_module
 
     home = Home.from_environment()
@@ -279,10 +282,12 @@ def export(
     )
     print(f"exported trial {result.trial} of study {name!r} to {result.folder}")
     if result.model_version is not None:
-        print(
-            f"serve it: sweep recommend --model models:/{name}@"
-            f"{export_module.CHAMPION_ALIAS} --user-id 1"
+        model = (
+            f"models:/{name}@{export_module.CHAMPION_ALIAS}"
+            if result.alias
+            else f"models:/{name}/{result.model_version}"
         )
+        print(f"serve it: sweep recommend --model {model} --user-id 1")
     return 0
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from sweep import memory
-from sweep.config import load_study, parse_study
+from sweep.config import differences, load_study, parse_study
 from sweep.errors import ConfigError
 from tests.helpers import GOOD, REPO
 
@@ -37,6 +37,10 @@ def test_good_file_parses(tmp_path):
     assert study.space["width"].choices == (32, 64)
     assert study.training.epochs == 4
     assert study.text == GOOD
+    assert study.data.test_fraction == 0
+    held = load_study(write(tmp_path, GOOD + "\n[data]\ntest_fraction = 0.1\n"))
+    assert held.data.test_fraction == 0.1
+    assert "[data] test_fraction: 0.0 -> 0.1" in differences(study, held)
 
 
 # Each kind of bad study file: (change to GOOD, the message it must give).
@@ -142,6 +146,19 @@ BAD = {
     "not toml": (
         ("[space]", "[space"),
         "not valid TOML",
+    ),
+    "test share too large": (
+        ("[space]", "[data]\ntest_fraction = 0.5\n[space]"),
+        "[data] test_fraction = 0.5: expected a number from 0 up to (not including)"
+        " 0.5",
+    ),
+    "test share as text": (
+        ("[space]", '[data]\ntest_fraction = "10%"\n[space]'),
+        '[data] test_fraction = "10%": expected a number from 0',
+    ),
+    "unknown data key": (
+        ("[space]", "[data]\nsource = 1\n[space]"),
+        "[data] source is not a known key; expected one of test_fraction",
     ),
 }
 

@@ -1,12 +1,15 @@
 """The confirmation stage: finalists, fresh seeds, the champion, on real stores."""
 
+import json
+
 import mlflow
 import optuna
+import pandas as pd
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweep import config, confirm, keys, space, stores
+from sweep import config, confirm, export, keys, space, stores
 from sweep.errors import ConfigError
 from tests.helpers import STUDY, assert_one_line_error, run_main
 
@@ -173,6 +176,36 @@ def test_a_close_runner_up_is_said(searched):
     assert "within one standard error" in confirm.champion_text(finalists)
 
 
+def test_export_takes_the_champion_else_says_why_unconfirmed(searched):
+    study, _ = searched
+    # No stage: the search's best, unconfirmed; @champion moves as before.
+    plain = export.choose(study, None)
+    assert plain.trial.number == 1 and plain.alias
+    assert "no confirmation stage" in plain.unconfirmed
+    # A stage not finished: still the search's best, and @champion waits.
+    study, companion = _confirmed(searched, 2, 2, [
+        (0.33, 1, 11, {"depth": 2}),
+        (0.35, 1, 12, {"depth": 2}),
+        (0.34, 2, 11, {"depth": 1}),
+    ])  # fmt: skip
+    waiting = export.choose(study, None)
+    assert waiting.trial.number == 1 and not waiting.alias
+    assert "has not finished (confirmation: 3 of 4 runs finished" in (
+        waiting.unconfirmed
+    )
+    # Done: the champion's best seed run, which is a confirmation run.
+    companion.add_trial(_run(0.30, 2, 12, depth=1))
+    chosen = export.choose(study, None)
+    assert chosen.champion.trial.number == 1 and chosen.number == 1
+    assert chosen.trial.user_attrs[keys.SEED_ATTR] == 12
+    assert chosen.trial.value == 0.35 and chosen.unconfirmed is None
+    assert chosen.alias
+    # Another trial, asked for: exported as asked, unconfirmed, no alias.
+    other = export.choose(study, 2)
+    assert other.trial.number == 2 and not other.alias
+    assert "the confirmed champion is trial 1" in other.unconfirmed
+
+
 @pytest.mark.parametrize(
     "table, message",
     [
@@ -206,7 +239,8 @@ def test_a_launch_confirms_its_finalists_then_confirm_adds_seeds(
 ):
     home = cached_home
     result = _launch(tmp_path, home, synthetic_spec,
-                     "\n[confirm]\nfinalists = 2\nseeds = 1\n")  # fmt: skip
+                     "\n[confirm]\nfinalists = 2\nseeds = 1\n"
+                     "[data]\ntest_fraction = 0.2\n")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "confirming 2 finalists over 1 seeds" in result.stdout
     assert "confirmed champion: trial" in result.stdout
@@ -237,6 +271,25 @@ def test_a_launch_confirms_its_finalists_then_confirm_adds_seeds(
         assert logged.data.params["depth"] == str(run.params["depth"])
         assert logged.info.status == "FINISHED"
         assert logged.data.metrics[keys.BEST_ACCURACY] == pytest.approx(run.value)
+        # The held-out ratings are scored by confirmation runs only.
+        test = run.user_attrs[keys.TEST_ACCURACY_ATTR]
+        assert logged.data.metrics[keys.TEST_ACCURACY] == pytest.approx(test)
+    for trial in study.trials:
+        assert keys.TEST_ACCURACY_ATTR not in trial.user_attrs
+    # The study's run: the finalists' table and plot, the champion named.
+    parent = study.user_attrs[keys.PARENT_RUN_ATTR]
+    files = {f.path for f in client.list_artifacts(parent)}
+    assert {"confirm.csv", "trials.csv"} <= files
+    assert "report/finalists.png" in {
+        f.path for f in client.list_artifacts(parent, "report")
+    }
+    table = pd.read_csv(client.download_artifacts(parent, "confirm.csv", tmp_path))
+    assert sorted(table["trial"]) == sorted(t.number for t in chosen)
+    assert table["champion"].sum() == 1
+    assert table["test_mean"].notna().all()
+    description = client.get_run(parent).data.tags[keys.DESCRIPTION_TAG]
+    assert "Confirmed champion: **trial" in description
+    assert "on held-out ratings" in description
     # Status: the study once, with its champion; the stage is not a study.
     status = run_main("status", env={"SWEEP_HOME": str(home)})
     assert "c: 2 of 2 finished" in status.stdout
@@ -252,6 +305,29 @@ def test_a_launch_confirms_its_finalists_then_confirm_adds_seeds(
     assert len({t.user_attrs[keys.SEED_ATTR] for t in runs}) == 2
     assert "over 2 seeds" in more.stdout
     assert len(optuna.load_study(study_name="c", storage=url).trials) == 2
+
+    # The export serves the champion's best seed run, with the confirmed figures.
+    study = optuna.load_study(study_name="c", storage=url)
+    best = confirm.champion(confirm.results(study, confirm.companion_of(study)))
+    out = tmp_path / "export"
+    exported = run_main("export", "c", "--out", str(out), "--data-source",
+                        synthetic_spec, env={"SWEEP_HOME": str(home)})  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert "exporting the confirmed champion" in exported.stdout
+    info = json.loads((out / "export.json").read_text())
+    assert info["confirmed"] is True and info["trial"] == best.trial.number
+    assert info["mlflow_run_id"] == best.best_run.user_attrs[keys.RUN_ID_ATTR]
+    assert info["best_val_top100_accuracy"] == pytest.approx(best.best_run.value)
+    figures = info["confirmation"]
+    assert figures["mean_val_top100_accuracy"] == pytest.approx(best.mean)
+    assert figures["std_val_top100_accuracy"] == pytest.approx(best.std)
+    assert figures["seeds"] == 2
+    assert info["test_top100_accuracy"] == pytest.approx(
+        best.best_run.user_attrs[keys.TEST_ACCURACY_ATTR], abs=0.002
+    )
+    version = client.get_model_version_by_alias("c", "champion")
+    assert version.tags[keys.CONFIRMED_TAG] == "true"
+    assert version.tags[keys.TRIAL_TAG] == str(best.trial.number)
 
 
 def test_confirm_of_a_study_without_complete_trials_creates_nothing(

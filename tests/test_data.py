@@ -59,6 +59,22 @@ def test_split_is_seeded_and_80_20(synthetic_features):
     assert not np.array_equal(train, other)
 
 
+def test_held_out_test_rows_are_seeded_and_outside_the_split(synthetic_features):
+    f = synthetic_features
+    everything = len(synthetic.ratings())
+    # No held-out share: the reference's split of every rating, as before.
+    reference = np.random.default_rng(42).permutation(everything)
+    np.testing.assert_array_equal(np.concatenate(f.split()), reference)
+    assert len(f.test_rows(0.0)) == 0
+    test = f.test_rows(0.2)
+    np.testing.assert_array_equal(test, f.test_rows(0.2))
+    assert len(test) == round(0.2 * everything)
+    train, val = f.split(0.2)
+    assert set(test).isdisjoint(train) and set(test).isdisjoint(val)
+    assert len(train) + len(val) + len(test) == everything
+    assert len(train) == round(0.8 * (everything - len(test)))
+
+
 def test_second_load_uses_the_cache(grouplens_spec, isolated_home):
     first = data.load(grouplens_spec, log=lambda _: None)
     caches = list((isolated_home / "cache").glob("*.npz"))

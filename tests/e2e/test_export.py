@@ -57,6 +57,10 @@ def test_export_holds_the_best_trial_and_its_description(exported, real_features
     assert info["data_checksum"] == real_features.checksum
     assert info["versions"]["keras"] and info["versions"]["mlflow"]
     assert f"parity: exported model {best.value:.4f}" in result.stdout
+    # The smoke study has no confirmation stage: its one value is said so.
+    assert info["confirmed"] is False
+    assert "no confirmation stage" in info["unconfirmed"]
+    assert "unconfirmed: the study has no confirmation stage" in result.stdout
     with np.load(out / "candidates.npz") as index:
         assert list(index["movie_id"]) == list(range(1, 1683))
         assert index["title"][49] == real_features.movie_titles[50]
