@@ -263,13 +263,27 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         help="finished trials to reach (default: the study's n_trials)",
     )
+    _add_workers_arguments(parser)
+    _add_retry_and_data_arguments(parser)
+
+
+def _add_workers_arguments(parser: argparse.ArgumentParser) -> None:
+    """--workers, and what a worker process is started with (hidden)."""
     parser.add_argument(
         "--workers",
         type=_positive_int,
         default=1,
         help="worker processes on this machine, sharing its cores",
     )
-    _add_retry_and_data_arguments(parser)
+    parser.add_argument(
+        "--worker-index", type=_non_negative_int, default=0, help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--cpus",
+        type=_cpus,
+        default=os.environ.get("SWEEP_CPUS"),
+        help=argparse.SUPPRESS,
+    )
 
 
 def _add_retry_and_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -338,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="if the study exists (launched from the same file), join it instead",
     )
     _add_run_arguments(launch)
-    launch.set_defaults(run=cmd_launch, worker_index=0)
+    launch.set_defaults(run=cmd_launch)
 
     resume = verbs.add_parser(
         "resume",
@@ -349,15 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument(
         "--study-file",
         help="refuse unless the study was launched with this same file",
-    )
-    resume.add_argument(
-        "--worker-index", type=_non_negative_int, default=0, help=argparse.SUPPRESS
-    )
-    resume.add_argument(
-        "--cpus",
-        type=_cpus,
-        default=os.environ.get("SWEEP_CPUS"),
-        help=argparse.SUPPRESS,
     )
     _add_run_arguments(resume)
     resume.set_defaults(run=cmd_resume)
@@ -378,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="fresh seeds per configuration (default: the study's, else 3)",
     )
+    _add_workers_arguments(confirm)
     _add_retry_and_data_arguments(confirm)
     confirm.set_defaults(run=cmd_confirm)
 

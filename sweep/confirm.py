@@ -37,6 +37,7 @@ COLLAPSE_SHARE = 0.5
 # Mixed into the study seed so that confirmation seeds are a stream apart from
 # the search's per-trial seeds (`space.trial_seed`).
 _SEED_STREAM = 0x636F6E66  # "conf"
+_SUFFIX = ":confirm"
 
 
 def companion_name(name: str) -> str:
@@ -44,12 +45,17 @@ def companion_name(name: str) -> str:
 
     `:` cannot appear in a study file's name, so no user study can take it.
     """
-    return f"{name}:confirm"
+    return name + _SUFFIX
 
 
 def is_companion(name: str) -> bool:
     """Whether a stored study is some study's confirmation stage."""
-    return name.endswith(":confirm")
+    return name.endswith(_SUFFIX)
+
+
+def confirmed_name(name: str) -> str:
+    """The study a confirmation study confirms (`companion_name` undone)."""
+    return name.removesuffix(_SUFFIX)
 
 
 def stored_plan(study: optuna.Study) -> Plan | None:

@@ -21,7 +21,7 @@ import optuna
 import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 
-from sweep import servers, sqlite
+from sweep import confirm, servers, sqlite
 from sweep.errors import SweepError
 from sweep.home import Home
 from sweep.retries import (
@@ -222,7 +222,13 @@ def check_exists(storage: optuna.storages.BaseStorage, url: str, name: str) -> N
     Raises:
         SweepError: It does not; the message lists the studies that are there.
     """
-    names = study_names(storage)
+    names = [n for n in study_names(storage) if not confirm.is_companion(n)]
+    if confirm.is_companion(name):
+        study = confirm.confirmed_name(name)
+        raise SweepError(
+            f"{name!r} is the confirmation stage of study {study!r}, not a study; "
+            f"`sweep resume {study}` or `sweep confirm {study}` runs it"
+        )
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
         raise SweepError(

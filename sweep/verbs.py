@@ -166,6 +166,8 @@ def confirm(
     """
     from sweep import confirm as confirm_module
 
+    if options.cpus:
+        workers.limit_to(options.cpus)
     home = Home.from_environment()
     stores = resolve_stores(home, options.storage, options.tracking_uri)
     from sweep import study
@@ -199,11 +201,15 @@ def _work(
 ) -> int:
     """Runs the session here, or in worker processes; then prints the summary.
 
-    `search=False` runs the confirmation stage only (in this process).
+    `search=False` runs the confirmation stage only (its workers: `sweep
+    confirm` processes).
     """
     name = session.study.study_name
     if options.workers > 1:
-        code = workers.run_workers(options.workers, _worker_args(name, stores, options))
+        verb = "resume" if search else "confirm"
+        code = workers.run_workers(
+            options.workers, _worker_args(name, stores, options), verb
+        )
         if code == 130:
             print(f"interrupted; continue with `sweep resume {name}`", file=sys.stderr)
         if code:

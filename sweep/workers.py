@@ -38,12 +38,13 @@ def limit_to(cores: list[int]) -> None:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false"
 
 
-def run_workers(workers: int, resume_args: list[str]) -> int:
+def run_workers(workers: int, resume_args: list[str], verb: str = "resume") -> int:
     """Starts `workers` resume processes and waits for all of them.
 
     Args:
         workers: How many.
         resume_args: Arguments after `sweep resume` (study name, stores, ...).
+        verb: `resume`, or `confirm` for workers of the confirmation stage only.
 
     Returns:
         0 if every worker succeeded, 130 if interrupted, else the first failure.
@@ -52,7 +53,7 @@ def run_workers(workers: int, resume_args: list[str]) -> int:
     for index, cores in enumerate(core_shares(workers)):
         env = {**os.environ, "SWEEP_CPUS": ",".join(map(str, cores))}
         command = [
-            sys.executable, "-m", "sweep.cli", "resume", *resume_args,
+            sys.executable, "-m", "sweep.cli", verb, *resume_args,
             "--worker-index", str(index),
         ]  # fmt: skip
         procs.append(subprocess.Popen(command, env=env))

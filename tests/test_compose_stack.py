@@ -26,6 +26,7 @@ from tests.stack import start_stack
 pytestmark = pytest.mark.slow
 
 N_TRIALS = 4
+SEEDS = 2
 
 # One architecture, so every trial runs the same compiled step; only the
 # learning rate varies.
@@ -47,6 +48,10 @@ depth = {{ choices = [1] }}
 width = {{ choices = [8] }}
 embedding_dim = {{ choices = [8] }}
 learning_rate = {{ choices = [0.05, 0.1, 0.2] }}
+
+[confirm]
+finalists = 1
+seeds = {SEEDS}
 """
 
 
@@ -223,10 +228,28 @@ def test_two_workers_share_the_study_exactly_across_server_restarts(
     assert any(fetched.iterdir())
     assert list(stack.artifacts.rglob(f"{run_id}/artifacts/{BEST_ARTIFACT}"))
 
+    # Both workers went on to the confirmation stage, which ran each seed once.
+    companion = optuna.load_study(
+        study_name="stack:confirm", storage=stack.worker_storage
+    )
+    confirmed = [t for t in companion.trials if t.state.name == "COMPLETE"]
+    assert len({t.user_attrs["sweep.seed"] for t in confirmed}) == SEEDS
+    assert len(confirmed) == SEEDS
+    surplus = [t for t in companion.trials if t.state.name != "COMPLETE"]
+    assert all(t.user_attrs.get("sweep.surplus") for t in surplus), surplus
+    confirm_runs = client.search_runs(
+        [client.get_experiment_by_name("stack").experiment_id],
+        "tags.`sweep.role` = 'confirm' and attributes.status = 'FINISHED'",
+    )
+    assert sorted(r.info.run_id for r in confirm_runs) == sorted(
+        t.user_attrs[RUN_ID_ATTR] for t in confirmed
+    )
+
     # What a user on another machine runs against the stack.
     status = run_sweep("status", "stack", "--storage", stack.worker_storage)
     assert status.returncode == 0, status.stderr
     assert f"stack: {N_TRIALS} of {N_TRIALS} finished" in status.stdout
+    assert "confirmed champion: trial" in status.stdout
     ui = run_sweep("ui", "--tracking-uri", stack.mlflow_url,
                    env=stack.worker_mlflow_env)  # fmt: skip
     assert ui.returncode == 0, ui.stderr

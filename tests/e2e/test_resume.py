@@ -42,9 +42,9 @@ learning_rate = { low = 0.05, high = 0.2, log = true }
 """
 
 
-def start_launch(tmp_path, home, pause_at):
+def start_launch(tmp_path, home, pause_at, extra=""):
     study_file = tmp_path / "crash.toml"
-    study_file.write_text(STUDY)
+    study_file.write_text(STUDY + extra)
     marker = tmp_path / "paused"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.pause_flush", str(marker), str(pause_at),
@@ -164,3 +164,60 @@ def test_resume_with_another_file_refuses_and_changes_nothing(tmp_path, home):
     assert result.returncode == 1
     assert "[training] epochs: 4 -> 6" in result.stderr
     assert [t.state.name for t in stores(home)[0].trials] == before
+
+
+# The search's one trial makes MLflow batches 1-4; the first confirmation run's
+# are 5 (its start) to 8: 7 is just after its first validation and checkpoint.
+CONFIRM = "\n[confirm]\nfinalists = 1\nseeds = 2\n"
+AFTER_FIRST_CONFIRM_VALIDATION = 7
+
+
+@pytest.mark.parametrize(
+    "stop", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"]
+)
+def test_a_stopped_confirmation_resumes_on_two_workers_and_runs_nothing_twice(
+    tmp_path, home, stop
+):
+    proc = start_launch(tmp_path, home, AFTER_FIRST_CONFIRM_VALIDATION, CONFIRM)
+    proc.send_signal(stop)
+    _, stderr = proc.communicate(timeout=30)
+    url = f"sqlite:///{home / 'optuna.db'}"
+    companion = optuna.load_study(study_name="crash:confirm", storage=url)
+    states = [t.state.name for t in companion.trials]
+    if stop == signal.SIGKILL:
+        assert states == ["RUNNING", "WAITING"]
+    else:
+        assert proc.returncode == 130 and "Traceback" not in stderr
+        # Failed and re-queued at once; the other seed still queued.
+        assert sorted(states) == ["FAIL", "WAITING", "WAITING"]
+    stopped_seed = companion.trials[0].user_attrs["sweep.seed"]
+    result = run_sweep("resume", "crash", "--workers", "2", "--data-source",
+                       "recbole", env={"SWEEP_HOME": str(home)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "confirmed champion: trial 0" in result.stdout
+
+    runs = optuna.load_study(study_name="crash:confirm", storage=url).trials
+    complete = [t for t in runs if t.state.name == "COMPLETE"]
+    # Each seed ran to the end once; the stopped run once more, from its
+    # checkpoint, as the same seed.
+    assert sorted(t.user_attrs["sweep.seed"] for t in complete) == sorted(
+        {t.user_attrs["sweep.seed"] for t in runs}
+    )
+    assert len(complete) == 2
+    retried = [t for t in complete if t.user_attrs["sweep.seed"] == stopped_seed]
+    assert retried[0].user_attrs.get("resumed_from_epoch") == 2
+    failed = [t for t in runs if t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].number == 0
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    logged = client.search_runs(
+        [client.get_experiment_by_name("crash").experiment_id],
+        "tags.`sweep.role` = 'confirm'",
+    )
+    assert all(r.info.status != "RUNNING" for r in logged)
+    finished = collections.Counter(
+        r.info.run_id for r in logged if r.info.status == "FINISHED"
+    )
+    assert set(finished) == {t.user_attrs["mlflow_run_id"] for t in complete}
+    # The search was not run again.
+    study = optuna.load_study(study_name="crash", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
