@@ -376,6 +376,8 @@ def champion_text(finalists: list[Finalist]) -> str | None:
             return "confirmed champion: none (every finalist collapsed on a seed)"
         runs = sum(len(f.runs) for f in finalists)
         total = sum(f.seeds for f in finalists)
+        if not runs:
+            return f"confirmation: {total} runs after the search, none finished"
         return f"confirmation: {runs} of {total} runs finished"
     line = (
         f"confirmed champion: trial {best.trial.number} "

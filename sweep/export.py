@@ -13,8 +13,8 @@ written to a hidden folder beside the target and checked there: the saved
 `model.keras` is loaded back (safe mode) and evaluated on the validation split,
 and must score what the trial logged (within `PARITY_TOLERANCE`); the serving
 SavedModel is loaded back and must give the Keras query tower's outputs. Only
-then is the model registered and the folder renamed into place, so the target
-holds a complete export or nothing new.
+then is the model registered (`sweep.registry`) and the folder renamed into
+place, so the target holds a complete export or nothing new.
 
 The export folder holds:
     model.keras      the two-tower model (`keras.saving.load_model`, safe mode;
@@ -43,7 +43,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import confirm, keys, serving, summary, train
+from sweep import confirm, keys, registry, serving, summary, train
 from sweep.data import QUERY_FEATURES, Features
 from sweep.errors import SweepError
 from sweep.home import nearest_existing
@@ -55,7 +55,6 @@ SERVING_TOLERANCE = 1e-4
 MODEL_FILE = "model.keras"
 SERVING_DIR = "serving"
 EXPORT_FILE = "export.json"
-CHAMPION_ALIAS = "champion"
 PACKAGES = ("sweep", "keras", "keras-rs", "jax", "tensorflow-cpu", "numpy", "optuna",
             "mlflow")  # fmt: skip
 
@@ -275,8 +274,16 @@ def export(
         (folder / EXPORT_FILE).write_text(json.dumps(description, indent=2) + "\n")
         version = None
         if register:
-            version = register_model(stores, name, choice, folder)
-            alias = f" as @{CHAMPION_ALIAS}" if choice.alias else ""
+            version = registry.register(
+                stores.tracking_uri,
+                name,
+                folder / MODEL_FILE,
+                run_id,
+                _version_tags(name, choice, run_id),
+                description["versions"],
+                choice.alias,
+            )
+            alias = f" as @{registry.CHAMPION_ALIAS}" if choice.alias else ""
             log(f"registered model {name!r} version {version}{alias}")
         _move_into_place(folder, out)
     finally:
@@ -320,6 +327,20 @@ def _confirmation(choice: Choice) -> dict:
     if champion.test_mean is not None:
         record["confirmation"]["mean_test_top100_accuracy"] = champion.test_mean
     return record
+
+
+def _version_tags(name: str, choice: Choice, run_id: str) -> dict[str, str]:
+    """The registered version's tags: what it is, and whether it is confirmed."""
+    tags = {
+        keys.STUDY_TAG: name,
+        keys.TRIAL_TAG: str(choice.number),
+        keys.RUN_ID_TAG: run_id,
+        keys.CONFIRMED_TAG: str(choice.champion is not None).lower(),
+    }
+    if choice.champion is not None:
+        tags[keys.SEED_TAG] = str(choice.trial.user_attrs.get(keys.SEED_ATTR))
+        tags[keys.CONFIRMED_MEAN_TAG] = f"{choice.champion.mean:.4f}"
+    return tags
 
 
 def _rebuild(
@@ -459,85 +480,6 @@ def write_serving(model, folder: Path) -> None:
             f"the serving SavedModel's query embeddings differ from the Keras "
             f"model's by {difference:.2e} (tolerance {SERVING_TOLERANCE})"
         )
-
-
-def register_model(stores: Stores, name: str, choice: Choice, folder: Path) -> str:
-    """Registers an export as an MLflow pyfunc model; moves `champion` if it may.
-
-    Returns:
-        The new model version.
-    """
-    import mlflow
-    import pandas as pd
-
-    from sweep import mlflow_model
-
-    users = serving.UserIndex.load(folder / serving.USERS_FILE)
-    mlflow.set_tracking_uri(stores.tracking_uri)
-    mlflow.set_registry_uri(stores.tracking_uri)
-    trial = choice.trial
-    run_id = trial.user_attrs[keys.RUN_ID_ATTR]
-    tags = {
-        keys.STUDY_TAG: name,
-        keys.TRIAL_TAG: str(choice.number),
-        keys.RUN_ID_TAG: run_id,
-        keys.CONFIRMED_TAG: str(choice.champion is not None).lower(),
-    }
-    if choice.champion is not None:
-        tags[keys.SEED_TAG] = str(trial.user_attrs.get(keys.SEED_ATTR))
-        tags[keys.CONFIRMED_MEAN_TAG] = f"{choice.champion.mean:.4f}"
-    versions = _versions()
-    # Logged on the trial's run, so the registry links back to its curves.
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="recommender",
-            python_model=mlflow_model.__file__,
-            artifacts={
-                "model": str(folder / MODEL_FILE),
-                "candidates": str(folder / serving.CANDIDATES_FILE),
-                "users": str(folder / serving.USERS_FILE),
-            },
-            signature=_signature(),
-            input_example=pd.DataFrame({"user_id": users.user_ids[:2]}),
-            pip_requirements=[
-                f"{package}=={versions[package]}"
-                for package in ("keras", "keras-rs", "jax", "numpy", "mlflow")
-                if versions.get(package)
-            ],
-            registered_model_name=name,
-            tags=tags,
-        )
-    client = mlflow.MlflowClient(stores.tracking_uri)
-    version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    if choice.alias:
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-    return version
-
-
-def _signature():
-    """The registered model's signature: query features in, top-k movies out."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import Array
-
-    from sweep import mlflow_model
-
-    optional = [
-        ColSpec("long", f, required=False) for f in QUERY_FEATURES if f != "user_id"
-    ]
-    return ModelSignature(
-        inputs=Schema([ColSpec("long", "user_id"), *optional]),
-        outputs=Schema(
-            [
-                ColSpec(Array("long"), "movie_ids"),
-                ColSpec(Array("string"), "titles"),
-                ColSpec(Array("double"), "scores"),
-            ]
-        ),
-        params=ParamSchema([ParamSpec("k", "long", mlflow_model.DEFAULT_K)]),
-    )
 
 
 def _move_into_place(folder: Path, out: Path) -> None:

@@ -152,7 +152,8 @@ def _confirmation(finalists: list[confirm.Finalist]) -> list[str]:
         return []
     best = confirm.champion(finalists)
     if best is None:
-        return [confirm.champion_text(finalists).capitalize() + ".", ""]
+        text = confirm.champion_text(finalists)
+        return [text[0].upper() + text[1:] + ".", ""]
     line = (
         f"Confirmed champion: **trial {best.trial.number}** "
         f"({params.text(best.trial.params)}), val top-100 accuracy "

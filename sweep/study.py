@@ -460,9 +460,13 @@ class Progress:
         """Optuna callback: prints the trial's outcome (`count` moves the bar)."""
         if trial.user_attrs.get(keys.SURPLUS_ATTR):
             return  # a race lost to another worker; nothing ran
-        line = (
-            f"trial {trial.number:4d} {trial.state.name:8s} {summary.trial_text(trial)}"
-        )
+        # A confirmation run is named by the finalist it retrains: its own
+        # number is the confirmation study's.
+        finalist = trial.user_attrs.get(keys.FINALIST_OF_ATTR)
+        label = f"trial {trial.number:4d}"
+        if finalist is not None:
+            label = f"finalist {finalist:4d}"
+        line = f"{label} {trial.state.name:8s} {summary.trial_text(trial)}"
         if trial.state == TrialState.FAIL:
             self.failures_in_a_row += 1
             reason = trial.user_attrs.get(keys.FAIL_REASON_ATTR, "unknown")

@@ -277,6 +277,7 @@ def export(
 ) -> int:
     """`sweep export`: a study's champion (or a chosen trial), made servable."""
     from sweep import export as export_module
+    from sweep import registry
 
     home = Home.from_environment()
     stores = resolve_stores(home, storage, tracking_uri)
@@ -289,7 +290,7 @@ def export(
     print(f"exported trial {result.trial} of study {name!r} to {result.folder}")
     if result.model_version is not None:
         model = (
-            f"models:/{name}@{export_module.CHAMPION_ALIAS}"
+            f"models:/{name}@{registry.CHAMPION_ALIAS}"
             if result.alias
             else f"models:/{name}/{result.model_version}"
         )

@@ -28,6 +28,8 @@ def grouplens_spec(isolated_home, synthetic_home, synthetic_spec):
         (["--colour", "red"], "unrecognized arguments: --colour red"),
         (["--seed", "-1"], "argument --seed: -1 is below 0"),
         (["--seed", "4294967296"], "4294967296 is above 4294967295; expected a seed"),
+        (["--test-fraction", "0.5"], "--test-fraction: 0.5 is out of range; expected"),
+        (["--test-fraction", "ten"], "--test-fraction: 'ten' is not a number"),
     ],
 )
 def test_bad_arguments_are_one_line(args, fragment):
@@ -167,13 +169,15 @@ def test_train_prints_validations_and_best(grouplens_spec):
     result = run_sweep(
         "train", "--data-source", grouplens_spec, "--depth", "2", "--width", "8",
         "--epochs", "2", "--validation-freq", "1", "--batch-size", "64",
+        "--test-fraction", "0.2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "training layer sizes [16, 8]" in out
     epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 2 and all("val_top100_accuracy" in line for line in epochs)
-    assert "best val_top100_accuracy" in out.strip().splitlines()[-1]
+    last = out.strip().splitlines()[-1]
+    assert "best val_top100_accuracy" in last and "; test_top100_accuracy 0." in last
 
 
 def test_diverging_training_fails_in_one_line(grouplens_spec):

@@ -1,0 +1,312 @@
+"""Benchmark: does the confirmation stage name a better champion than the search?
+
+    .venv/bin/python -m benchmarks.selection [--seeds 42,1,2] [--eval-seeds 5]
+        [--plans 3x3,2x3,3x2,2x2] [--read SEED=FOLDER] [--out selection]
+
+For each study seed, launches `studies/deep_retrieval.toml` (its search, then
+its `[confirm]` stage) with that seed in a fresh `SWEEP_HOME` (sharing the data
+cache), and times both. Then it retrains every finalist, on the same trainer
+and `[training]`, with `--eval-seeds` fresh seeds that neither the search nor
+the stage used: a finalist's mean over those is its "confirmed mean". The
+search's best trial is the first finalist, so its confirmed mean is what the
+sweep's answer was worth before the stage existed.
+
+For each plan of K finalists x S seeds (within the study's own, whose runs
+hold every smaller plan's: the first K finalists, the first S seeds), the
+champion that plan would have named, its reported mean (+- standard error),
+its confirmed mean and the optimism between them, and the stage's minutes (its
+runs' times).
+
+Goals: the champion's confirmed mean at least the search best's for every study
+seed; its reported figure within one standard error of its confirmed mean; its
+confirmed mean at least 0.365 within 30 minutes of search and stage together.
+Results go to `benchmarks/results/<--out>.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from sweep import confirm, data, keys, params, space, train
+from sweep.backend import keras
+from sweep.config import load_study
+
+RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).parent.parent
+STUDY = REPO / "studies" / "deep_retrieval.toml"
+# Mixed into the study seed for the evaluation seeds: a stream apart from the
+# search's and the stage's.
+_EVAL_STREAM = 0x6576616C  # "eval"
+
+
+def _launch(
+    seed: int, data_home: Path, n_trials: int | None
+) -> tuple[Path, float, float]:
+    """Runs the default study with `seed` to its end; its folder, start and end."""
+    folder = Path(tempfile.mkdtemp(prefix=f"sweep-selection-{seed}-"))
+    home = folder / "home"
+    home.mkdir()
+    for sub in ("cache", "downloads"):
+        if (data_home / sub).exists():
+            (home / sub).symlink_to(data_home / sub)
+    default = load_study(STUDY)
+    text = STUDY.read_text().replace(
+        f"seed = {default.study.seed}", f"seed = {seed}", 1
+    )
+    study_file = folder / "deep_retrieval.toml"
+    study_file.write_text(text)
+    env = {**os.environ, "SWEEP_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    start = time.time()
+    with open(folder / "launch.log", "w") as log:
+        subprocess.run(
+            [str(REPO / ".venv" / "bin" / "sweep"), "launch", str(study_file),
+             "--data-source", "recbole",
+             *(["--n-trials", str(n_trials)] if n_trials else [])],
+            env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+        )  # fmt: skip
+    return folder, start, time.time()
+
+
+def _evaluation_seeds(study_seed: int, count: int, taken: set[int]) -> list[int]:
+    seeds, index = [], 0
+    while len(seeds) < count:
+        state = np.random.SeedSequence([study_seed, _EVAL_STREAM, index])
+        seed = int(state.generate_state(1)[0])
+        index += 1
+        if seed not in taken:
+            seeds.append(seed)
+    return seeds
+
+
+def _retrain(values: dict, seeds: list[int], features, training) -> list[float]:
+    """One configuration's best val top-100 accuracy for each seed."""
+    scores = []
+    for seed in seeds:
+        keras.backend.clear_session()
+        config = train.TrainConfig(
+            **{p.name: p.kind(values[p.name]) for p in params.SEARCHED},
+            epochs=training.epochs,
+            validation_freq=training.validation_freq,
+            batch_size=training.batch_size,
+            seed=seed,
+        )
+        scores.append(train.train(config, features).best.val_top100_accuracy)
+    return scores
+
+
+def _summary(scores: list[float]) -> dict:
+    std = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    return {
+        "scores": scores,
+        "mean": statistics.fmean(scores),
+        "std": std,
+        "stderr": std / math.sqrt(len(scores)),
+    }
+
+
+def _seconds(trial) -> float:
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
+
+
+def _one_seed(
+    seed: int,
+    eval_count: int,
+    data_home: Path,
+    features,
+    n_trials: int | None,
+    folder: Path | None,
+) -> dict:
+    """Runs (or reads) one study, then retrains every finalist with fresh seeds."""
+    if folder is None:
+        print(f"study seed {seed}: launching the default study", flush=True)
+        folder, start, end = _launch(seed, data_home, n_trials)
+    else:
+        start = (folder / "deep_retrieval.toml").stat().st_mtime
+        end = None
+    url = f"sqlite:///{folder / 'home' / 'optuna.db'}"
+    study = optuna.load_study(study_name="deep-retrieval", storage=url)
+    companion = confirm.companion_of(study)
+    trials = study.get_trials(deepcopy=False)
+    runs = companion.get_trials(deepcopy=False)
+    search_end = max(t.datetime_complete for t in trials).timestamp()
+    if end is None:
+        end = max(t.datetime_complete for t in runs).timestamp()
+    plan = confirm.stored_plan(study)
+    stage_seeds = confirm.confirmation_seeds(
+        seed, plan.seeds, {space.trial_seed(seed, t.number) for t in trials}
+    )
+    taken = {space.trial_seed(seed, t.number) for t in trials} | set(stage_seeds)
+    eval_seeds = _evaluation_seeds(seed, eval_count, taken)
+    training = load_study(folder / "deep_retrieval.toml").training
+    finalists = []
+    for f in confirm.results(study, companion):
+        print(f"  retraining finalist {f.trial.number}", flush=True)
+        by_seed = {r.user_attrs[keys.SEED_ATTR]: r for r in f.runs}
+        finalists.append(
+            {
+                "trial": f.trial.number,
+                "params": f.trial.params,
+                "search_value": f.trial.value,
+                # In the order of the stage's seeds: a smaller plan's runs are
+                # a prefix of them.
+                "stage": [by_seed[s].value for s in stage_seeds],
+                "stage_diverged": [
+                    bool(by_seed[s].user_attrs.get(keys.DIVERGED_ATTR))
+                    for s in stage_seeds
+                ],
+                "stage_seconds": [_seconds(by_seed[s]) for s in stage_seeds],
+                "confirmed": _summary(
+                    _retrain(f.trial.params, eval_seeds, features, training)
+                ),
+            }
+        )
+    return {
+        "study_seed": seed,
+        "folder": str(folder),
+        "search_minutes": (search_end - start) / 60,
+        "stage_minutes": (end - search_end) / 60,
+        "trials": len(trials),
+        "plan": plan.as_attr(),
+        "stage_seeds": stage_seeds,
+        "eval_seeds": eval_seeds,
+        "finalists": finalists,
+    }
+
+
+def choose(result: dict, finalists: int, seeds: int) -> dict:
+    """What a plan of `finalists` x `seeds` (within the run's) would have named."""
+    chosen = []
+    for f in result["finalists"][:finalists]:
+        values = f["stage"][:seeds]
+        unstable = any(
+            v < confirm.COLLAPSE_SHARE * f["search_value"] or d
+            for v, d in zip(values, f["stage_diverged"][:seeds], strict=True)
+        )
+        chosen.append((f, _summary(values), unstable))
+    stable = [c for c in chosen if not c[2]]
+    seconds = sum(sum(f["stage_seconds"][:seeds]) for f, _, _ in chosen)
+    best = max(stable, key=lambda c: c[1]["mean"], default=None)
+    return {"champion": best, "stage_minutes": seconds / 60}
+
+
+def _markdown(results: list[dict], plans: list[tuple[int, int]]) -> str:
+    eval_count = len(results[0]["eval_seeds"])
+    lines = [
+        f"Confirmed mean: over {eval_count} fresh seeds that neither the search "
+        "nor the stage used. Optimism: the reported figure minus the confirmed "
+        "mean (the search's best reports its one value; the champion its mean "
+        "over the stage's seeds). Stage minutes for a smaller plan: the sum of "
+        "its runs' times in the full plan's stage.",
+        "",
+        "| study seed | search (min) | search best: trial | reported | confirmed "
+        "mean +- std | optimism |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        raw = r["finalists"][0]
+        confirmed = raw["confirmed"]
+        lines.append(
+            f"| {r['study_seed']} | {r['search_minutes']:.1f} | {raw['trial']} "
+            f"({params.text(raw['params'])}) | {raw['search_value']:.4f} | "
+            f"{confirmed['mean']:.4f} +- {confirmed['std']:.4f} | "
+            f"{raw['search_value'] - confirmed['mean']:+.4f} |"
+        )
+    lines += [
+        "",
+        "| plan | study seed | stage (min) | stage / search | champion: trial | "
+        "reported mean +- se | confirmed mean +- std | optimism | >= search best "
+        "| within 1 se | search + stage (min) |",
+        "|---" * 11 + "|",
+    ]
+    for finalists, seeds in plans:
+        for r in results:
+            outcome = choose(r, finalists, seeds)
+            best = outcome["champion"]
+            minutes = outcome["stage_minutes"]
+            row = [
+                f"{finalists} x {seeds}",
+                str(r["study_seed"]),
+                f"{minutes:.1f}",
+                f"{minutes / r['search_minutes']:.0%}",
+            ]
+            if best is None:
+                row += ["none"] + ["-"] * 5
+            else:
+                f, reported, _ = best
+                confirmed = f["confirmed"]
+                raw = r["finalists"][0]["confirmed"]
+                gap = reported["mean"] - confirmed["mean"]
+                row += [
+                    str(f["trial"]),
+                    f"{reported['mean']:.4f} +- {reported['stderr']:.4f}",
+                    f"{confirmed['mean']:.4f} +- {confirmed['std']:.4f}",
+                    f"{gap:+.4f}",
+                    "yes" if confirmed["mean"] >= raw["mean"] else "no",
+                    "yes" if abs(gap) <= confirmed["stderr"] else "no",
+                ]
+            row.append(f"{r['search_minutes'] + minutes:.1f}")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Runs the default study per study seed, then retrains its finalists."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="42,1,2", help="study seeds")
+    parser.add_argument("--eval-seeds", type=int, default=5)
+    parser.add_argument("--out", default="selection")
+    parser.add_argument(
+        "--n-trials", type=int, help="search trials (default: the study's own)"
+    )
+    parser.add_argument(
+        "--read",
+        action="append",
+        default=[],
+        metavar="SEED=FOLDER",
+        help="read the study this script left in FOLDER instead of launching it",
+    )
+    parser.add_argument(
+        "--plans",
+        default="3x3,2x3,3x2,2x2",
+        help="finalists x seeds plans to compare (each within the study's own)",
+    )
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data_home = Path(
+        os.environ.get("SWEEP_BENCH_DATA_HOME", str(REPO / ".sweep-bench"))
+    )
+    read = {int(k): Path(v) for k, v in (spec.split("=") for spec in args.read)}
+    plans = [tuple(int(n) for n in p.split("x")) for p in args.plans.split(",")]
+    features = data.load("recbole", home=data_home, log=print)
+    results = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        results.append(
+            _one_seed(
+                seed,
+                args.eval_seeds,
+                data_home,
+                features,
+                args.n_trials,
+                read.get(seed),
+            )
+        )
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2))
+        (RESULTS / f"{args.out}.md").write_text(_markdown(results, plans))
+        print(_markdown(results, plans), flush=True)
+
+
+if __name__ == "__main__":
+    main()
