@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.selection [--seeds 42,1,2] [--eval-seeds 5]
         [--plans 3x3,2x3,3x2,2x2] [--read SEED=FOLDER] [--out selection]
+        [--n-trials N --stage KxS]  (another size of the default study)
 
 For each study seed, launches `studies/deep_retrieval.toml` (its search, then
 its `[confirm]` stage) with that seed in a fresh `SWEEP_HOME` (sharing the data
@@ -51,9 +52,12 @@ _EVAL_STREAM = 0x6576616C  # "eval"
 
 
 def _launch(
-    seed: int, data_home: Path, n_trials: int | None
+    seed: int, data_home: Path, n_trials: int | None, stage: str | None
 ) -> tuple[Path, float, float]:
-    """Runs the default study with `seed` to its end; its folder, start and end."""
+    """Runs the default study with `seed` to its end; its folder, start and end.
+
+    `n_trials` and `stage` ("KxS": finalists x seeds) replace the study's own.
+    """
     folder = Path(tempfile.mkdtemp(prefix=f"sweep-selection-{seed}-"))
     home = folder / "home"
     home.mkdir()
@@ -64,6 +68,15 @@ def _launch(
     text = STUDY.read_text().replace(
         f"seed = {default.study.seed}", f"seed = {seed}", 1
     )
+    if n_trials:
+        text = text.replace(
+            f"n_trials = {default.study.n_trials}", f"n_trials = {n_trials}", 1
+        )
+    if stage:
+        finalists, seeds = stage.split("x")
+        plan = default.confirm
+        text = text.replace(f"finalists = {plan.finalists}", f"finalists = {finalists}")
+        text = text.replace(f"seeds = {plan.seeds}", f"seeds = {seeds}")
     study_file = folder / "deep_retrieval.toml"
     study_file.write_text(text)
     env = {**os.environ, "SWEEP_HOME": str(home)}
@@ -72,8 +85,7 @@ def _launch(
     with open(folder / "launch.log", "w") as log:
         subprocess.run(
             [str(REPO / ".venv" / "bin" / "sweep"), "launch", str(study_file),
-             "--data-source", "recbole",
-             *(["--n-trials", str(n_trials)] if n_trials else [])],
+             "--data-source", "recbole"],
             env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
         )  # fmt: skip
     return folder, start, time.time()
@@ -127,11 +139,12 @@ def _one_seed(
     features,
     n_trials: int | None,
     folder: Path | None,
+    stage: str | None = None,
 ) -> dict:
     """Runs (or reads) one study, then retrains every finalist with fresh seeds."""
     if folder is None:
         print(f"study seed {seed}: launching the default study", flush=True)
-        folder, start, end = _launch(seed, data_home, n_trials)
+        folder, start, end = _launch(seed, data_home, n_trials, stage)
     else:
         start = (folder / "deep_retrieval.toml").stat().st_mtime
         end = None
@@ -278,6 +291,9 @@ def main() -> None:
         help="read the study this script left in FOLDER instead of launching it",
     )
     parser.add_argument(
+        "--stage", help="the study's [confirm] plan, KxS (default: the study's own)"
+    )
+    parser.add_argument(
         "--plans",
         default="3x3,2x3,3x2,2x2",
         help="finalists x seeds plans to compare (each within the study's own)",
@@ -300,6 +316,7 @@ def main() -> None:
                 features,
                 args.n_trials,
                 read.get(seed),
+                args.stage,
             )
         )
         RESULTS.mkdir(exist_ok=True)
