@@ -296,13 +296,17 @@ def test_a_launch_confirms_its_finalists_then_confirm_adds_seeds(
     assert "c:confirm" not in status.stdout
     assert "confirmed champion: trial" in status.stdout
 
-    # One more seed for each finalist: only the two new runs train.
-    more = run_main("confirm", "c", "--seeds", "2", "--data-source", synthetic_spec,
+    # One more seed for each finalist, on two workers: only the two new runs
+    # train (a run both workers queued is dropped by the second to start it).
+    more = run_main("confirm", "c", "--seeds", "2", "--workers", "2",
+                    "--data-source", synthetic_spec,
                     env={"SWEEP_HOME": str(home)})  # fmt: skip
     assert more.returncode == 0, more.stderr
     runs = optuna.load_study(study_name="c:confirm", storage=url).get_trials()
-    assert [t.state.name for t in runs] == ["COMPLETE"] * 4
-    assert len({t.user_attrs[keys.SEED_ATTR] for t in runs}) == 2
+    complete = [t for t in runs if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    assert all(t.user_attrs.get(keys.SURPLUS_ATTR) for t in runs if t not in complete)
+    assert len({t.user_attrs[keys.SEED_ATTR] for t in complete}) == 2
     assert "over 2 seeds" in more.stdout
     assert len(optuna.load_study(study_name="c", storage=url).trials) == 2
 
