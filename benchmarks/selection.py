@@ -36,7 +36,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 
 from sweep import confirm, data, keys, params, space, train
@@ -89,17 +88,6 @@ def _launch(
             env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
         )  # fmt: skip
     return folder, start, time.time()
-
-
-def _evaluation_seeds(study_seed: int, count: int, taken: set[int]) -> list[int]:
-    seeds, index = [], 0
-    while len(seeds) < count:
-        state = np.random.SeedSequence([study_seed, _EVAL_STREAM, index])
-        seed = int(state.generate_state(1)[0])
-        index += 1
-        if seed not in taken:
-            seeds.append(seed)
-    return seeds
 
 
 def _retrain(values: dict, seeds: list[int], features, training) -> list[float]:
@@ -161,7 +149,7 @@ def _one_seed(
         seed, plan.seeds, {space.trial_seed(seed, t.number) for t in trials}
     )
     taken = {space.trial_seed(seed, t.number) for t in trials} | set(stage_seeds)
-    eval_seeds = _evaluation_seeds(seed, eval_count, taken)
+    eval_seeds = confirm.fresh_seeds(seed, eval_count, taken, _EVAL_STREAM)
     training = load_study(folder / "deep_retrieval.toml").training
     finalists = []
     for f in confirm.results(study, companion):

@@ -70,9 +70,17 @@ def confirmation_seeds(study_seed: int, count: int, taken: set[int]) -> list[int
     Every finalist trains with the same seeds (a paired comparison). None is a
     seed a search trial used (`taken`).
     """
+    return fresh_seeds(study_seed, count, taken, _SEED_STREAM)
+
+
+def fresh_seeds(study_seed: int, count: int, taken: set[int], stream: int) -> list[int]:
+    """The first `count` seeds of a stream derived from the study seed, not `taken`.
+
+    A smaller `count` gives a prefix of a larger one's seeds.
+    """
     seeds, index = [], 0
     while len(seeds) < count:
-        state = np.random.SeedSequence([study_seed, _SEED_STREAM, index])
+        state = np.random.SeedSequence([study_seed, stream, index])
         seed = int(state.generate_state(1)[0])
         index += 1
         if seed not in taken:
