@@ -187,7 +187,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Exports a study's best complete trial as a servable recommender."""
+    """Exports a study's champion (else its best trial) as a servable recommender.
+
+    With a confirmation stage finished, the confirmed champion's best seed run;
+    otherwise the search's best complete trial, said to be unconfirmed.
+    """
     from sweep import verbs
 
     return verbs.export(args.name, args.out, args.trial, args.force, args.register,
@@ -298,17 +302,45 @@ def _add_retry_and_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
 
 
+# One example per verb, shown at the end of its --help (short enough not to
+# wrap in an 80-column terminal).
+EXAMPLES = {
+    "train": "sweep train --depth 2 --width 64 --test-fraction 0.1",
+    "launch": "sweep launch studies/deep_retrieval.toml --workers 2",
+    "resume": "sweep resume deep-retrieval --n-trials 80",
+    "confirm": "sweep confirm deep-retrieval --finalists 3 --seeds 5",
+    "status": "sweep status deep-retrieval",
+    "export": "sweep export deep-retrieval --out exports/deep-retrieval",
+    "recommend": "sweep recommend --model models:/deep-retrieval@champion --user-id 42",
+    "ui": "sweep ui --port 5000",
+}
+
+
+def _add_verb(verbs, name: str, run) -> argparse.ArgumentParser:
+    """A verb's parser: its function's docstring as help, and its example."""
+    doc = run.__doc__
+    parser = verbs.add_parser(
+        name,
+        help=doc.splitlines()[0],
+        description=doc,
+        epilog=f"example: {EXAMPLES[name]}",
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
+    from sweep import __version__
+
     parser = _Parser(prog="sweep", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--debug", action="store_true", help="show tracebacks of errors"
     )
+    parser.add_argument("--version", action="version", version=f"sweep {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
-    train = verbs.add_parser(
-        "train", help=cmd_train.__doc__, description=cmd_train.__doc__
-    )
+    train = _add_verb(verbs, "train", cmd_train)
     for hyper in params.SEARCHED:
         train.add_argument(
             hyper.flag,
@@ -340,11 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print one JSON object on the last line of stdout instead",
     )
-    train.set_defaults(run=cmd_train)
 
-    launch = verbs.add_parser(
-        "launch", help=cmd_launch.__doc__, description=cmd_launch.__doc__
-    )
+    launch = _add_verb(verbs, "launch", cmd_launch)
     launch.add_argument("study_file", help="the study file, e.g. studies/smoke.toml")
     launch.add_argument(
         "--join",
@@ -352,26 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="if the study exists (launched from the same file), join it instead",
     )
     _add_run_arguments(launch)
-    launch.set_defaults(run=cmd_launch)
 
-    resume = verbs.add_parser(
-        "resume",
-        help=cmd_resume.__doc__.splitlines()[0],
-        description=cmd_resume.__doc__,
-    )
+    resume = _add_verb(verbs, "resume", cmd_resume)
     resume.add_argument("name", help="the study name")
     resume.add_argument(
         "--study-file",
         help="refuse unless the study was launched with this same file",
     )
     _add_run_arguments(resume)
-    resume.set_defaults(run=cmd_resume)
 
-    confirm = verbs.add_parser(
-        "confirm",
-        help=cmd_confirm.__doc__.splitlines()[0],
-        description=cmd_confirm.__doc__,
-    )
+    confirm = _add_verb(verbs, "confirm", cmd_confirm)
     confirm.add_argument("name", help="the study name")
     confirm.add_argument(
         "--finalists",
@@ -385,23 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_workers_arguments(confirm)
     _add_retry_and_data_arguments(confirm)
-    confirm.set_defaults(run=cmd_confirm)
 
-    status = verbs.add_parser(
-        "status", help=cmd_status.__doc__, description=cmd_status.__doc__
-    )
+    status = _add_verb(verbs, "status", cmd_status)
     status.add_argument("name", nargs="?", help="one study (default: all)")
     _add_storage_argument(status)
-    status.set_defaults(run=cmd_status)
 
-    export = verbs.add_parser(
-        "export", help=cmd_export.__doc__, description=cmd_export.__doc__
-    )
+    export = _add_verb(verbs, "export", cmd_export)
     export.add_argument("name", help="the study name")
     export.add_argument(
         "--trial",
         type=int,
-        help="export this trial (it must be complete) instead of the best one",
+        help="export this search trial (it must be complete) instead, unconfirmed",
     )
     export.add_argument("--out", required=True, type=Path, help="the export folder")
     export.add_argument(
@@ -409,18 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="register it in the MLflow Model Registry under the study name, "
-        "alias champion (default: on)",
+        "with alias champion when it is the study's champion (default: on)",
     )
     export.add_argument(
         "--force", action="store_true", help="replace a non-empty --out folder"
     )
     _add_store_arguments(export)
     export.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
-    export.set_defaults(run=cmd_export)
 
-    recommend = verbs.add_parser(
-        "recommend", help=cmd_recommend.__doc__, description=cmd_recommend.__doc__
-    )
+    recommend = _add_verb(verbs, "recommend", cmd_recommend)
     recommend.add_argument(
         "--model",
         required=True,
@@ -429,9 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--user-id", type=int, required=True, help="MovieLens user")
     recommend.add_argument("--k", type=_positive_int, default=10, help="movies")
     _add_tracking_argument(recommend, " of a models:/ URI's registry")
-    recommend.set_defaults(run=cmd_recommend)
 
-    ui = verbs.add_parser("ui", help=cmd_ui.__doc__, description=cmd_ui.__doc__)
+    ui = _add_verb(verbs, "ui", cmd_ui)
     ui.add_argument("--port", type=_port, default=5000)
     ui.add_argument(
         "--host",
@@ -439,7 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="the interface to listen on (default 127.0.0.1: this machine only)",
     )
     _add_tracking_argument(ui)
-    ui.set_defaults(run=cmd_ui)
     return parser
 
 

@@ -1,10 +1,13 @@
 import json
 import os
+import tomllib
 
 import pytest
 
+from sweep.cli import EXAMPLES, build_parser
 from tests.helpers import (
     GOOD,
+    REPO,
     assert_one_line_error,
     run_main,
     run_sweep,
@@ -17,6 +20,24 @@ def grouplens_spec(isolated_home, synthetic_home, synthetic_spec):
     """The synthetic data, its features already in this test's SWEEP_HOME."""
     share_cache(isolated_home, synthetic_home / "cache")
     return synthetic_spec
+
+
+def test_version_is_the_package_version():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    result = run_main("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"sweep {project['version']}"
+
+
+@pytest.mark.parametrize("verb", sorted(EXAMPLES))
+def test_each_verb_help_ends_with_an_example_of_that_verb(verb, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # the narrowest terminal it must fit
+    result = run_main(verb, "--help")
+    assert result.returncode == 0
+    assert result.stdout.strip().splitlines()[-1] == f"example: {EXAMPLES[verb]}"
+    # The example itself parses (it is not run).
+    argv = EXAMPLES[verb].split()[1:]
+    assert build_parser().parse_args(argv).verb == verb
 
 
 @pytest.mark.parametrize(
