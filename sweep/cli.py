@@ -186,6 +186,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return verbs.status(args.name, args.storage)
 
 
+def cmd_best(args: argparse.Namespace) -> int:
+    """Prints a study's best complete trial, and its confirmed champion if any."""
+    from sweep import verbs
+
+    return verbs.best(args.name, args.json, args.storage)
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    """Prints a study's trials as a table, CSV or JSON."""
+    from sweep import verbs
+
+    return verbs.trials(args.name, args.format, args.state, args.storage)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Exports a study's champion (else its best trial) as a servable recommender.
 
@@ -310,6 +324,8 @@ EXAMPLES = {
     "resume": "sweep resume deep-retrieval --n-trials 80",
     "confirm": "sweep confirm deep-retrieval --finalists 3 --seeds 5",
     "status": "sweep status deep-retrieval",
+    "best": "sweep best deep-retrieval --json",
+    "trials": "sweep trials deep-retrieval --format csv --state complete",
     "export": "sweep export deep-retrieval --out exports/deep-retrieval",
     "recommend": "sweep recommend --model models:/deep-retrieval@champion --user-id 42",
     "ui": "sweep ui --port 5000",
@@ -408,6 +424,26 @@ def build_parser() -> argparse.ArgumentParser:
     status = _add_verb(verbs, "status", cmd_status)
     status.add_argument("name", nargs="?", help="one study (default: all)")
     _add_storage_argument(status)
+
+    best = _add_verb(verbs, "best", cmd_best)
+    best.add_argument("name", help="the study name")
+    best.add_argument(
+        "--json", action="store_true", help="one JSON object (see the README)"
+    )
+    _add_storage_argument(best)
+
+    trials = _add_verb(verbs, "trials", cmd_trials)
+    trials.add_argument("name", help="the study name")
+    trials.add_argument(
+        "--format", choices=("table", "csv", "json"), default="table",
+        help="table (default), csv (params as columns) or json (see the README)",
+    )  # fmt: skip
+    trials.add_argument(
+        "--state",
+        choices=("complete", "pruned", "fail", "running", "waiting"),
+        help="only the trials in this state",
+    )
+    _add_storage_argument(trials)
 
     export = _add_verb(verbs, "export", cmd_export)
     export.add_argument("name", help="the study name")

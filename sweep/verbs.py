@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from sweep import config as config_module
 from sweep import data, keys, retries, servers, summary, ui, workers
 from sweep.home import Home
-from sweep.stores import Stores, check_servers, resolve_stores
+from sweep.stores import Stores, check_servers, open_study, resolve_stores
 
 if TYPE_CHECKING:
     from sweep.data import Features
@@ -262,6 +262,26 @@ def status(name: str | None, storage: str | None) -> int:
     """`sweep status`: studies, their trials per state, best trial, live workers."""
     stores = resolve_stores(Home.from_environment(), storage, None)
     print(summary.status_report(stores.storage, name))
+    return 0
+
+
+def best(name: str, as_json: bool, storage: str | None) -> int:
+    """`sweep best`: the best complete trial (and the confirmed champion)."""
+    from sweep import queries
+
+    stores = resolve_stores(Home.from_environment(), storage, None)
+    record = queries.best_record(open_study(stores, name))
+    print(json.dumps(record, indent=2) if as_json else queries.best_text(record))
+    return 0
+
+
+def trials(name: str, fmt: str, state: str | None, storage: str | None) -> int:
+    """`sweep trials`: a study's trials as a table, CSV or JSON."""
+    from sweep import queries
+
+    stores = resolve_stores(Home.from_environment(), storage, None)
+    study = open_study(stores, name)
+    print(queries.render(queries.trial_records(study, state), fmt))
     return 0
 
 
