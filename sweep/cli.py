@@ -118,6 +118,16 @@ def _duration(text: str) -> float:
         ) from None
 
 
+def _timeout(text: str) -> float:
+    seconds = _duration(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is no time at all; expected a duration above 0, such as "
+            "30m or 2h"
+        )
+    return seconds
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Trains one configuration and prints its validations and the best one."""
     from sweep import params, train, verbs
@@ -176,6 +186,8 @@ def _run_options(args: argparse.Namespace):
         server_wait=args.server_wait,
         worker_index=getattr(args, "worker_index", 0),
         cpus=getattr(args, "cpus", None),
+        timeout=getattr(args, "timeout", None),
+        deadline=getattr(args, "deadline", None),
     )
 
 
@@ -281,6 +293,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         help="finished trials to reach (default: the study's n_trials)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=_timeout,
+        help="start no trial after this long, e.g. 30m or 2h; the trials in "
+        "flight finish (default: the study's [study] timeout, else none)",
+    )
     _add_workers_arguments(parser)
     _add_retry_and_data_arguments(parser)
 
@@ -302,6 +320,8 @@ def _add_workers_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("SWEEP_CPUS"),
         help=argparse.SUPPRESS,
     )
+    # The parent's time budget, as a moment (`time.time()`).
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
 
 
 def _add_retry_and_data_arguments(parser: argparse.ArgumentParser) -> None:

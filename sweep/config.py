@@ -6,6 +6,7 @@ A study is declared, not coded:
 [study]
 name = "deep-retrieval"   # also the MLflow experiment name
 n_trials = 40             # finished (complete + pruned) trials to reach
+timeout = "30m"           # optional: no trial starts after this (s, m or h)
 seed = 42
 sampler = "tpe"           # tpe | random
 pruner = "median"         # none | median | hyperband
@@ -47,7 +48,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from sweep import memory, params
+from sweep import memory, params, servers
 from sweep.errors import ConfigError
 
 SAMPLERS = ("tpe", "random")
@@ -75,6 +76,8 @@ class StudySettings:
     seed: int = 42
     sampler: str = "tpe"
     pruner: str = "median"
+    # Seconds after a launch or resume when no more trials start (None: none).
+    timeout: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +279,9 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
 
     table = read.table(doc, "study")
     read.no_unknown(
-        table, "[study] ", ("name", "n_trials", "seed", "sampler", "pruner")
+        table,
+        "[study] ",
+        ("name", "n_trials", "seed", "sampler", "pruner", "timeout"),
     )
     name = table.get("name", _MISSING)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -295,6 +300,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
         seed=seed,
         sampler=read.choice(table, "[study] ", "sampler", SAMPLERS, "tpe"),
         pruner=read.choice(table, "[study] ", "pruner", PRUNERS, "median"),
+        timeout=_timeout(read, table.get("timeout")),
     )
 
     table = read.table(doc, "training")
@@ -350,6 +356,24 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
         )
     data = DataSettings(test_fraction=float(fraction))
     return Study(path, text, study, training, space, tuple(baselines), confirm, data)
+
+
+def _timeout(read: _Reader, value) -> float | None:
+    """`[study] timeout`: a duration such as "30m", or seconds (None: none)."""
+    if value is None:
+        return None
+    expected = 'a duration such as "90s", "30m" or "2h", or a number of seconds'
+    if isinstance(value, bool):
+        raise read.fail("[study] timeout", value, expected)
+    try:
+        seconds = (
+            servers.parse_duration(value) if isinstance(value, str) else float(value)
+        )
+    except (ValueError, TypeError):
+        raise read.fail("[study] timeout", value, expected) from None
+    if not 0 < seconds < math.inf:
+        raise read.fail("[study] timeout", value, expected + ", above 0")
+    return seconds
 
 
 def _param(read: _Reader, name: str, entry) -> Param:

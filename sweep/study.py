@@ -220,11 +220,13 @@ def run(
     progress: bool = True,
     max_retries: int = DEFAULT_MAX_RETRIES,
     search: bool = True,
+    deadline: float | None = None,
 ) -> None:
     """Runs the session's trials until the study reaches its target.
 
     Then, if the study has a confirmation plan (`sweep.confirm`), its
-    finalists' runs until every one has run.
+    finalists' runs until every one has run. No trial starts after the
+    deadline (search or confirmation); the trials in flight finish.
 
     The study's MLflow run is RUNNING meanwhile, then FINISHED (or KILLED when
     interrupted, FAILED when stopped by an error).
@@ -236,6 +238,7 @@ def run(
         progress: Show a progress bar and one line per trial.
         max_retries: How many times a trial whose worker died is retried.
         search: Run the search; False: the confirmation stage only.
+        deadline: The time budget's end (`time.time()`), if any.
     """
     study, tracker = session.study, session.tracker
     parent_run_id = study.user_attrs[keys.PARENT_RUN_ATTR]
@@ -260,14 +263,16 @@ def run(
         tracker, parent_run_id, str(session.study_file.path), features.source, plotter
     )
     status = "FAILED"
+    out_of_time = False
     try:
         if search:
-            run_trials(study, objective, session.target, progress, [report])
-        plan = confirm.stored_plan(study)
-        if plan is not None:
-            _confirm(
-                session, objective, plan, checkpoints, progress, max_retries, report
+            out_of_time = run_trials(
+                study, objective, session.target, progress, [report], deadline=deadline
             )
+        plan = confirm.stored_plan(study)
+        if plan is not None and not out_of_time:
+            out_of_time = _confirm(session, objective, plan, checkpoints, progress,
+                                   max_retries, report, deadline)  # fmt: skip
         if plotter is not None:
             # The final plots are drawn here; the child's drawing would be stale.
             plotter.stop(wait=False)
@@ -312,8 +317,13 @@ def _confirm(
     progress: bool,
     max_retries: int,
     report: StudyReport,
-) -> None:
-    """Runs the confirmation stage: every finalist over every fresh seed."""
+    deadline: float | None,
+) -> bool:
+    """Runs the confirmation stage: every finalist over every fresh seed.
+
+    Returns:
+        Whether the deadline ended it first.
+    """
     study = session.study
     # Before anything is created: a search without a complete trial has
     # nothing to confirm.
@@ -339,11 +349,13 @@ def _confirm(
         checkpoints / companion.study_name,
     )
     # The finalists' table and plot are the search study's report.
-    run_trials(companion, objective, target, progress,
-               [lambda _, trial: report(study, trial)], refill=queue)  # fmt: skip
+    out_of_time = run_trials(companion, objective, target, progress,
+                             [lambda _, trial: report(study, trial)], refill=queue,
+                             deadline=deadline)  # fmt: skip
     if progress:
         # The champion's line follows in the sweep's summary.
         print(confirm.table(confirm.results(study, companion)))
+    return out_of_time
 
 
 def run_trials(
@@ -353,7 +365,8 @@ def run_trials(
     progress: bool = True,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
     refill: Callable[[], int] | None = None,
-) -> None:
+    deadline: float | None = None,
+) -> bool:
     """Runs trials, one at a time, until the study holds `target` finished trials.
 
     Optuna's `MaxTrialsCallback` stops a worker once the target is reached, but
@@ -374,6 +387,10 @@ def run_trials(
         refill: Queues the trials still to run, for a study whose every trial
             is queued (confirmation runs): called before a trial starts, so
             that nothing is ever sampled.
+        deadline: No trial starts after this `time.time()`.
+
+    Returns:
+        Whether the deadline came before the target.
     """
     objective.target = target
     bar = Progress(target, summary.finished_count(study), enabled=progress)
@@ -390,7 +407,10 @@ def run_trials(
             values = [t.value for t in trials if t.state == TrialState.COMPLETE]
             bar.count(done, max(values, default=None))
             if done >= target:
-                break
+                return False
+            if deadline is not None and time.time() >= deadline:
+                # Trials other workers run finish with them.
+                return True
             running = states.count(TrialState.RUNNING)
             if done + running >= target:
                 # Others are finishing the last trials; a dead one's heartbeat

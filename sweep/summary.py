@@ -77,6 +77,15 @@ def summary_table(study: optuna.Study, count: int = 10) -> str:
     return "\n".join(lines)
 
 
+def duration_text(seconds: float) -> str:
+    """A duration as the study file and the command line write it: 2h, 30m, 90s."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
 def tracking_share(study: optuna.Study) -> str:
     """How much of the trials' wall time went to MLflow calls."""
     tracked = wall = 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,9 @@ class RunOptions:
         server_wait: Seconds to wait for a server that stopped answering.
         worker_index: This process's index among a machine's workers.
         cpus: The cores this worker process is pinned to (None: all).
+        timeout: Seconds after the command's start when no more trials start
+            (None: the study file's `[study] timeout`, if any).
+        deadline: That moment (`time.time()`), as a worker's parent set it.
     """
 
     n_trials: int | None = None
@@ -89,6 +93,8 @@ class RunOptions:
     server_wait: float = servers.DEFAULT_WAIT_SECONDS
     worker_index: int = 0
     cpus: list[int] | None = None
+    timeout: float | None = None
+    deadline: float | None = None
 
 
 def launch(path: Path, options: RunOptions, join: bool = False) -> int:
@@ -97,6 +103,7 @@ def launch(path: Path, options: RunOptions, join: bool = False) -> int:
     Returns:
         The exit code (130 when interrupted).
     """
+    started = time.time()
     study_file = config_module.load_study(path)
     home = Home.from_environment()
     stores = resolve_stores(home, options.storage, options.tracking_uri)
@@ -117,7 +124,7 @@ def launch(path: Path, options: RunOptions, join: bool = False) -> int:
         f"study {settings.name!r}: {session.target} trials of {training.epochs} "
         f"epochs, sampler {settings.sampler}, pruner {settings.pruner}"
     )
-    return _work(session, stores, home, features, options)
+    return _work(session, stores, home, features, options, started)
 
 
 def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
@@ -126,6 +133,7 @@ def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
     Returns:
         The exit code (130 when interrupted).
     """
+    started = time.time()
     if options.cpus:
         workers.limit_to(options.cpus)
     study_file = config_module.load_study(path) if path else None
@@ -148,7 +156,7 @@ def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
         f"study {name!r}: {done} of {session.target} trials finished"
         + (f" (worker {options.worker_index})" if options.worker_index else "")
     )
-    return _work(session, stores, home, features, options)
+    return _work(session, stores, home, features, options, started)
 
 
 def confirm(
@@ -188,7 +196,7 @@ def confirm(
     )
     features = data.load(options.data_source, home=home, log=print)
     session.study.set_user_attr(keys.CONFIRM_PLAN_ATTR, plan.as_attr())
-    return _work(session, stores, home, features, options, search=False)
+    return _work(session, stores, home, features, options, None, search=False)
 
 
 def _work(
@@ -197,18 +205,21 @@ def _work(
     home: Home,
     features: Features,
     options: RunOptions,
+    started: float | None,
     search: bool = True,
 ) -> int:
     """Runs the session here, or in worker processes; then prints the summary.
 
-    `search=False` runs the confirmation stage only (its workers: `sweep
-    confirm` processes).
+    `started`: when the command started, for its time budget (None: no
+    budget). `search=False` runs the confirmation stage only (its workers:
+    `sweep confirm` processes).
     """
     name = session.study.study_name
+    deadline = _deadline(session, options, started)
     if options.workers > 1:
         verb = "resume" if search else "confirm"
         code = workers.run_workers(
-            options.workers, _worker_args(name, stores, options), verb
+            options.workers, _worker_args(name, stores, options, deadline), verb
         )
         if code == 130:
             print(f"interrupted; continue with `sweep resume {name}`", file=sys.stderr)
@@ -226,6 +237,7 @@ def _work(
                 progress=options.worker_index == 0,
                 max_retries=options.max_retries,
                 search=search,
+                deadline=deadline,
             )
         except servers.ServerUnavailable as e:
             # What the command line adds to its one line once trials have run.
@@ -243,18 +255,47 @@ def _work(
             return 130
         if options.worker_index:
             return 0
+    if deadline is not None and time.time() >= deadline and _unfinished(session):
+        spent = summary.duration_text(deadline - started)
+        print(
+            f"the time budget ({spent}) ended the sweep before all its trials ran; "
+            f"continue with `sweep resume {name}`"
+        )
     print(summary.summary_table(session.study))
     print(ui.browse_hint(stores, session.study.user_attrs[keys.EXPERIMENT_ATTR]))
     return 0
 
 
-def _worker_args(name: str, stores: Stores, options: RunOptions) -> list[str]:
+def _deadline(
+    session: Session, options: RunOptions, started: float | None
+) -> float | None:
+    """When no more trials start: the parent's deadline, else the budget's end."""
+    if options.deadline is not None:
+        return options.deadline
+    timeout = options.timeout or session.study_file.study.timeout
+    return started + timeout if timeout and started is not None else None
+
+
+def _unfinished(session: Session) -> bool:
+    """Whether the study is short of its target or of its confirmation runs."""
+    from sweep import confirm
+
+    study = session.study
+    if summary.finished_count(study) < session.target:
+        return True
+    return any(not f.done for f in confirm.results(study, confirm.companion_of(study)))
+
+
+def _worker_args(
+    name: str, stores: Stores, options: RunOptions, deadline: float | None
+) -> list[str]:
     """`sweep resume` arguments that make a worker process join this study."""
     return [
         name, "--storage", stores.storage, "--tracking-uri", stores.tracking_uri,
         "--data-source", options.data_source,
         "--max-retries", str(options.max_retries),
         "--server-wait", str(options.server_wait),
+        *(["--deadline", repr(deadline)] if deadline is not None else []),
     ]  # fmt: skip
 
 

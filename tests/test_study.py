@@ -246,3 +246,49 @@ def test_an_upload_that_keeps_failing_fails_its_trial_and_ends_its_run(
     client = mlflow.MlflowClient(stores.tracking_uri)
     run = client.get_run(trials[0].user_attrs[RUN_ID_ATTR])
     assert run.info.status == "FAILED"
+
+
+def test_no_trial_starts_after_the_deadline(monkeypatch):
+    study = optuna.create_study(direction="maximize")
+    now = [0.0]
+    monkeypatch.setattr(study_module.time, "time", lambda: now[0])
+
+    class PastTheDeadline:
+        """A trial that ends after the deadline."""
+
+        target = tracker = None
+
+        def __call__(self, trial):
+            now[0] = 200.0
+            return 0.5
+
+    ended = study_module.run_trials(
+        study, PastTheDeadline(), 3, progress=False, deadline=100.0
+    )
+    assert ended is True
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    # Without a deadline (or before it) the target is what stops it.
+    assert study_module.run_trials(study, PastTheDeadline(), 2, progress=False) is False
+    assert len(study.trials) == 2
+
+
+def test_a_time_budget_ends_the_sweep_and_resume_takes_another(
+    tmp_path, spec, synthetic_home
+):
+    home = share_cache(tmp_path / "home", synthetic_home / "cache")
+    path = study_file(tmp_path, n_trials=2)
+    path.write_text(path.read_text().replace("[study]", '[study]\ntimeout = "1s"'))
+    env = {"SWEEP_HOME": str(home)}
+    # The budget runs from the command's start: it is over before a trial.
+    result = run_main("launch", str(path), "--data-source", spec, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "the time budget (1s) ended the sweep" in result.stdout
+    assert "sweep resume t" in result.stdout
+    assert load(home).trials == []
+    more = run_main("resume", "t", "--timeout", "1h", "--data-source", spec,
+                    env=env)  # fmt: skip
+    assert more.returncode == 0, more.stderr
+    assert "time budget" not in more.stdout
+    assert [t.state.name for t in load(home).trials] == ["COMPLETE"] * 2
+    bad = run_main("resume", "t", "--timeout", "5x")
+    assert_one_line_error(bad, "argument --timeout: '5x' is not a duration", code=2)
