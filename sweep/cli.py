@@ -7,6 +7,7 @@ User mistakes (`SweepError`) print as one line on stderr and exit with code 1;
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import traceback
@@ -198,6 +199,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return verbs.status(args.name, args.storage)
 
 
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    """Queues a hand-picked configuration into a study; a worker runs it next.
+
+    Give every hyperparameter as NAME=VALUE, or --file with [[baselines]]
+    tables; each must be a value the study's [space] can propose.
+    """
+    from sweep import verbs
+
+    return verbs.enqueue(args.name, args.values, args.file, args.storage)
+
+
 def cmd_best(args: argparse.Namespace) -> int:
     """Prints a study's best complete trial, and its confirmed champion if any."""
     from sweep import verbs
@@ -336,14 +348,15 @@ def _add_retry_and_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-source", default="auto", help=DATA_SOURCE_HELP)
 
 
-# One example per verb, shown at the end of its --help (short enough not to
-# wrap in an 80-column terminal).
+# One example per verb, shown at the end of its --help.
 EXAMPLES = {
     "train": "sweep train --depth 2 --width 64 --test-fraction 0.1",
     "launch": "sweep launch studies/deep_retrieval.toml --workers 2",
     "resume": "sweep resume deep-retrieval --n-trials 80",
     "confirm": "sweep confirm deep-retrieval --finalists 3 --seeds 5",
     "status": "sweep status deep-retrieval",
+    "enqueue": "sweep enqueue deep-retrieval depth=2 width=64 embedding_dim=32 "
+    "learning_rate=0.1",
     "best": "sweep best deep-retrieval --json",
     "trials": "sweep trials deep-retrieval --format csv --state complete",
     "export": "sweep export deep-retrieval --out exports/deep-retrieval",
@@ -354,12 +367,14 @@ EXAMPLES = {
 
 def _add_verb(verbs, name: str, run) -> argparse.ArgumentParser:
     """A verb's parser: its function's docstring as help, and its example."""
-    doc = run.__doc__
+    doc = inspect.cleandoc(run.__doc__)
     parser = verbs.add_parser(
         name,
         help=doc.splitlines()[0],
         description=doc,
         epilog=f"example: {EXAMPLES[name]}",
+        # The docstring's lines as written, and the example on one line.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(run=run)
     return parser
@@ -444,6 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
     status = _add_verb(verbs, "status", cmd_status)
     status.add_argument("name", nargs="?", help="one study (default: all)")
     _add_storage_argument(status)
+
+    enqueue = _add_verb(verbs, "enqueue", cmd_enqueue)
+    enqueue.add_argument("name", help="the study name")
+    enqueue.add_argument(
+        "values", nargs="*", metavar="NAME=VALUE", help="e.g. depth=2 width=64"
+    )
+    enqueue.add_argument(
+        "--file", type=Path, help="a TOML file of [[baselines]] tables instead"
+    )
+    _add_storage_argument(enqueue)
 
     best = _add_verb(verbs, "best", cmd_best)
     best.add_argument("name", help="the study name")

@@ -178,7 +178,7 @@ class Study:
 class _Reader:
     """Reads typed values out of the TOML tables, naming file and key on error."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | str):
         self.path = path
 
     def fail(self, key: str, value: Any, expected: str) -> ConfigError:
@@ -459,8 +459,79 @@ def _check_memory(read: _Reader, space: dict[str, Param], training) -> None:
         )
 
 
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """`depth=2 width=64 ...` from the command line -> a configuration.
+
+    Each value is read as a TOML value (2 is a whole number, 0.1 a number);
+    what is not one is kept as text, for `check_configuration` to refuse.
+
+    Raises:
+        ConfigError: An argument is not NAME=VALUE, or a name is given twice.
+    """
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(
+                f"{pair!r} is not NAME=VALUE; expected e.g. depth=2 width=64 "
+                "embedding_dim=32 learning_rate=0.1"
+            )
+        if name in values:
+            raise ConfigError(f"{name} is given twice ({pair!r}); give it once")
+        try:
+            values[name] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[name] = text
+    return values
+
+
+def load_configurations(path: str | Path) -> list[dict[str, Any]]:
+    """The `[[baselines]]` tables of a TOML file, each a configuration.
+
+    Raises:
+        ConfigError: The file is missing, not TOML, or holds no such tables.
+    """
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    read = _Reader(path)
+    read.no_unknown(doc, "", ("baselines",))
+    tables = doc.get("baselines")
+    if not tables or not isinstance(tables, list):
+        raise read.fail("baselines", doc.get("baselines", _MISSING),
+                        "one or more [[baselines]] tables")  # fmt: skip
+    if not all(isinstance(t, dict) for t in tables):
+        raise read.fail("baselines", tables, "[[baselines]] tables")
+    return tables
+
+
+def check_configuration(values: dict, space: dict[str, Param], source: str) -> None:
+    """Refuses a configuration the study's space cannot propose, in one line.
+
+    Args:
+        values: A value for each hyperparameter (as a `[[baselines]]` table).
+        space: The study's `[space]`.
+        source: Where the values come from, to start the message with (a file
+            and its table, or the study they are for).
+
+    Raises:
+        ConfigError: A key is unknown or missing, or a value is not valid or
+            outside the space.
+    """
+    _check_configuration(_Reader(source), "", values, space)
+
+
 def _check_baseline(read: _Reader, index: int, baseline: dict, space) -> None:
-    where = f"[[baselines]] #{index + 1} "
+    _check_configuration(read, f"[[baselines]] #{index + 1} ", baseline, space)
+
+
+def _check_configuration(read: _Reader, where: str, baseline: dict, space) -> None:
     read.no_unknown(baseline, where, params.NAMES)
     for name, param in space.items():
         hyper = params.BY_NAME[name]

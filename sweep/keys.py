@@ -24,6 +24,7 @@ WORKER_ATTR = "sweep.worker"  # {"host", "pid"} of the process running it
 INTERRUPTED_ATTR = "sweep.interrupted"  # failed by Ctrl-C or SIGTERM: re-queue it
 SURPLUS_ATTR = "sweep.surplus"  # started after the target was reached; dropped
 BASELINE_ATTR = "sweep.baseline"  # queued from the study file's [[baselines]]
+ENQUEUED_ATTR = "sweep.enqueued"  # queued by hand (`sweep enqueue`)
 FAIL_REASON_ATTR = "fail_reason"
 BEST_EPOCH_ATTR = "best_epoch"
 PRUNED_AT_ATTR = "pruned_at_epoch"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from sweep import config as config_module
 from sweep import data, keys, retries, servers, summary, ui, workers
+from sweep.errors import SweepError
 from sweep.home import Home
 from sweep.stores import Stores, check_servers, open_study, resolve_stores
 
@@ -256,9 +257,9 @@ def _work(
         if options.worker_index:
             return 0
     if deadline is not None and time.time() >= deadline and _unfinished(session):
-        spent = summary.duration_text(deadline - started)
+        budget = summary.duration_text(_budget(session, options))
         print(
-            f"the time budget ({spent}) ended the sweep before all its trials ran; "
+            f"the time budget ({budget}) ended the sweep before all its trials ran; "
             f"continue with `sweep resume {name}`"
         )
     print(summary.summary_table(session.study))
@@ -272,8 +273,13 @@ def _deadline(
     """When no more trials start: the parent's deadline, else the budget's end."""
     if options.deadline is not None:
         return options.deadline
-    timeout = options.timeout or session.study_file.study.timeout
+    timeout = _budget(session, options)
     return started + timeout if timeout and started is not None else None
+
+
+def _budget(session: Session, options: RunOptions) -> float | None:
+    """The time budget in seconds: --timeout, else the study file's."""
+    return options.timeout or session.study_file.study.timeout
 
 
 def _unfinished(session: Session) -> bool:
@@ -303,6 +309,47 @@ def status(name: str | None, storage: str | None) -> int:
     """`sweep status`: studies, their trials per state, best trial, live workers."""
     stores = resolve_stores(Home.from_environment(), storage, None)
     print(summary.status_report(stores.storage, name))
+    return 0
+
+
+def enqueue(name: str, pairs: list[str], path: Path | None, storage: str | None) -> int:
+    """`sweep enqueue`: queues hand-picked configurations into a study.
+
+    Each is checked against the study's space (as a baseline is) before any
+    is queued, and raises the study's target by one, so that it runs beside
+    the search's own trials rather than in place of one.
+    """
+    if bool(pairs) == (path is not None):
+        raise SweepError(
+            "give the configuration as NAME=VALUE arguments (depth=2 width=64 "
+            "embedding_dim=32 learning_rate=0.1) or --file FILE, "
+            + ("not both" if pairs else "one of them")
+        )
+    stores = resolve_stores(Home.from_environment(), storage, None)
+    study = open_study(stores, name)
+    text = study.user_attrs.get(keys.STUDY_FILE_ATTR)
+    if text is None:
+        raise SweepError(f"study {name!r} was not created by sweep (no study file)")
+    space = config_module.parse_study(text, Path(f"<study {name}>")).space
+    if path is not None:
+        configurations = config_module.load_configurations(path)
+        sources = [
+            f"{path}: [[baselines]] #{i + 1}" for i in range(len(configurations))
+        ]
+    else:
+        configurations = [config_module.parse_assignments(pairs)]
+        sources = [f"study {name!r}"]
+    for values, source in zip(configurations, sources, strict=True):
+        config_module.check_configuration(values, space, source)
+    for values in configurations:
+        study.enqueue_trial(values, user_attrs={keys.ENQUEUED_ATTR: True})
+    target = study.user_attrs.get(keys.TARGET_ATTR, 0) + len(configurations)
+    study.set_user_attr(keys.TARGET_ATTR, target)
+    print(
+        f"queued {len(configurations)} configuration(s) in study {name!r}; its "
+        f"target is now {target} finished trials: a running worker takes them "
+        f"next, or `sweep resume {name}`"
+    )
     return 0
 
 

@@ -260,7 +260,9 @@ def test_a_launch_confirms_its_finalists_then_confirm_adds_seeds(
     seeds = {t.user_attrs[keys.SEED_ATTR] for t in runs}
     assert len(seeds) == 1 and not seeds & search_seeds
     # Each run is a child of the study's run, tagged as a confirmation.
-    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    # Its own registry too: an export in this process may have set the global one.
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
     for run in runs:
         logged = client.get_run(run.user_attrs[keys.RUN_ID_ATTR])
         tags = logged.data.tags
