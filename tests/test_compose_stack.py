@@ -235,8 +235,16 @@ def test_two_workers_share_the_study_exactly_across_server_restarts(
     confirmed = [t for t in companion.trials if t.state.name == "COMPLETE"]
     assert len({t.user_attrs["sweep.seed"] for t in confirmed}) == SEEDS
     assert len(confirmed) == SEEDS
-    surplus = [t for t in companion.trials if t.state.name != "COMPLETE"]
-    assert all(t.user_attrs.get("sweep.surplus") for t in surplus), surplus
+    # A run is dropped (a seed both workers queued) or, if an outage cut it
+    # short, failed and retried under another number; none is lost.
+    retried = {t.system_attrs.get("failed_trial") for t in companion.trials}
+    for trial in companion.trials:
+        if trial.state.name != "COMPLETE":
+            assert trial.user_attrs.get("sweep.surplus") or trial.number in retried, (
+                trial.number,
+                trial.state.name,
+                trial.user_attrs,
+            )
     confirm_runs = client.search_runs(
         [client.get_experiment_by_name("stack").experiment_id],
         "tags.`sweep.role` = 'confirm' and attributes.status = 'FINISHED'",
