@@ -344,11 +344,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     table = read.table(doc, "data", required=False)
     read.no_unknown(table, "[data] ", ("test_fraction",))
     fraction = table.get("test_fraction", 0.0)
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, int | float)
-        or not 0 <= fraction < MAX_TEST_FRACTION
-    ):
+    if not is_test_fraction(fraction):
         raise read.fail(
             "[data] test_fraction",
             fraction,
@@ -374,6 +370,15 @@ def _timeout(read: _Reader, value) -> float | None:
     if not 0 < seconds < math.inf:
         raise read.fail("[study] timeout", value, expected + ", above 0")
     return seconds
+
+
+def is_test_fraction(value) -> bool:
+    """Whether `value` is a held-out share: a number in [0, MAX_TEST_FRACTION)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and 0 <= value < MAX_TEST_FRACTION
+    )
 
 
 def _param(read: _Reader, name: str, entry) -> Param:

@@ -39,7 +39,12 @@ OPTUNA_PLOTS = (
 
 
 def upload_files(
-    client, run_id: str, study: optuna.Study, trials: list[FrozenTrial], plots: bool
+    client,
+    run_id: str,
+    study: optuna.Study,
+    trials: list[FrozenTrial],
+    plots: bool,
+    finalists: list[confirm.Finalist],
 ) -> None:
     """Writes trials.csv (and the plots, if asked) into the study's run.
 
@@ -49,12 +54,13 @@ def upload_files(
         study: The study.
         trials: Its trials, as just read.
         plots: Also draw and upload the plots under `report/`.
+        finalists: The confirmation stage's finalists (`confirm.results`; none
+            without a stage): confirm.csv, and their plot.
     """
     folder = Path(tempfile.mkdtemp(prefix="sweep-report-"))
     try:
         study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
         client.log_artifact(run_id, str(folder / "trials.csv"))
-        finalists = confirm.results(study, confirm.companion_of(study))
         if finalists:
             write_csv(confirm.rows(finalists), folder / "confirm.csv")
             client.log_artifact(run_id, str(folder / "confirm.csv"))

@@ -36,7 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # How long the end of a sweep waits for a drawing in progress to finish.
@@ -168,27 +168,26 @@ def main() -> None:
         print(f"sweep: the plotter has no lock file ({e})", file=sys.stderr)
         sys.exit(1)
     holder = False
-    opened = None
+    upload = None
     for _ in _requests(stdin):
         holder = holder or _take(lock)
         if not holder:
             continue  # another plotter on this machine draws this study
-        if opened is None:
+        if upload is None:
             # Only the drawing plotter pays for Optuna, MLflow and the plots.
-            opened = _open(settings)
-        study, client, upload_files = opened
+            upload = _open(settings)
         try:
-            trials = study.get_trials(deepcopy=False)
-            upload_files(client, settings["run_id"], study, trials, plots=True)
+            upload()
         except Exception as e:  # a report must never stop the sweep
             print(f"sweep: the study plots were not redrawn ({e})", file=sys.stderr)
 
 
-def _open(settings: dict):
-    """The study, an MLflow client and the uploader; exits if they do not open."""
+def _open(settings: dict) -> Callable[[], None]:
+    """What draws the study as it is now; exits if the study does not open."""
     import optuna
     from mlflow.tracking import MlflowClient
 
+    from sweep import confirm
     from sweep.plots import upload_files
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -196,10 +195,17 @@ def _open(settings: dict):
         study = optuna.load_study(
             study_name=settings["study"], storage=settings["storage"]
         )
-        return study, MlflowClient(settings["tracking_uri"]), upload_files
+        client = MlflowClient(settings["tracking_uri"])
     except Exception as e:  # the worker then draws the plots itself
         print(f"sweep: the plotter could not open the study ({e})", file=sys.stderr)
         sys.exit(1)
+
+    def upload() -> None:
+        trials = study.get_trials(deepcopy=False)
+        finalists = confirm.results(study, confirm.companion_of(study))
+        upload_files(client, settings["run_id"], study, trials, True, finalists)
+
+    return upload
 
 
 if __name__ == "__main__":

@@ -94,14 +94,17 @@ class StudyReport:
             table: Upload trials.csv (without plots, the only file written).
         """
         trials = study.get_trials(deepcopy=False)
+        finalists = confirm.results(study, confirm.companion_of(study))
         client = self.tracker.client
         if draw or table:
             start = time.monotonic()
-            plots.upload_files(client, self.parent_run_id, study, trials, draw)
+            plots.upload_files(
+                client, self.parent_run_id, study, trials, draw, finalists
+            )
             if draw:
                 self._plotted_at = time.monotonic()
                 self._plot_seconds = self._plotted_at - start
-        tags = [RunTag(keys.DESCRIPTION_TAG, self.describe(study, trials))]
+        tags = [RunTag(keys.DESCRIPTION_TAG, self.describe(study, trials, finalists))]
         metrics = []
         best = summary.best_complete(trials)
         if best is not None:
@@ -110,7 +113,12 @@ class StudyReport:
             metrics.append(Metric(keys.BEST_ACCURACY, best.value, now, finished))
         client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
 
-    def describe(self, study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    def describe(
+        self,
+        study: optuna.Study,
+        trials: list[FrozenTrial],
+        finalists: list[confirm.Finalist],
+    ) -> str:
         """The parent run's description: what ran, on what, and what won."""
         name = study.study_name
         counts = keys.count_states(
@@ -135,7 +143,6 @@ class StudyReport:
             "ratings that also chose it among the trials.",
             "",
         ]
-        finalists = confirm.results(study, confirm.companion_of(study))
         lines += _confirmation(finalists)
         what = "the champion's best seed run" if confirm.champion(finalists) else "it"
         lines += [

@@ -29,7 +29,7 @@ import numpy as np
 
 from sweep import interrupts, memory, params
 from sweep.backend import keras
-from sweep.config import MAX_EPOCHS, MAX_TEST_FRACTION
+from sweep.config import MAX_EPOCHS, MAX_TEST_FRACTION, is_test_fraction
 from sweep.data import Features
 from sweep.errors import ConfigError, TrialFailed
 from sweep.home import atomic_write
@@ -82,15 +82,10 @@ class TrainConfig:
                 f"epochs = {self.epochs}: expected at most {MAX_EPOCHS:,} (the "
                 "reference trains 30)"
             )
-        fraction = self.test_fraction
-        if (
-            isinstance(fraction, bool)
-            or not isinstance(fraction, int | float)
-            or not 0 <= fraction < MAX_TEST_FRACTION
-        ):
+        if not is_test_fraction(self.test_fraction):
             raise ConfigError(
-                f"test_fraction = {fraction!r}: expected a number from 0 up to (not "
-                f"including) {MAX_TEST_FRACTION}"
+                f"test_fraction = {self.test_fraction!r}: expected a number from 0 up "
+                f"to (not including) {MAX_TEST_FRACTION}"
             )
         excess = memory.over_limit(
             **{p.name: getattr(self, p.name) for p in params.SEARCHED if p.sizes_model},
@@ -500,9 +495,9 @@ def train(
     )
     seconds = time.perf_counter() - start
     test_accuracy = None
-    test_rows = features.test_rows(config.test_fraction)
-    if test and len(test_rows):
+    if test and config.test_fraction:
         model.set_weights(tracker.best_weights)
+        test_rows = features.test_rows(config.test_fraction)
         test_accuracy = evaluate(model, features, test_rows)
     return TrainResult(
         params=config.params(),

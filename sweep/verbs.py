@@ -325,8 +325,7 @@ def enqueue(name: str, pairs: list[str], path: Path | None, storage: str | None)
             "embedding_dim=32 learning_rate=0.1) or --file FILE, "
             + ("not both" if pairs else "one of them")
         )
-    stores = resolve_stores(Home.from_environment(), storage, None)
-    study = open_study(stores, name)
+    study = _stored_study(name, storage)
     text = study.user_attrs.get(keys.STUDY_FILE_ATTR)
     if text is None:
         raise SweepError(f"study {name!r} was not created by sweep (no study file)")
@@ -357,8 +356,7 @@ def best(name: str, as_json: bool, storage: str | None) -> int:
     """`sweep best`: the best complete trial (and the confirmed champion)."""
     from sweep import queries
 
-    stores = resolve_stores(Home.from_environment(), storage, None)
-    record = queries.best_record(open_study(stores, name))
+    record = queries.best_record(_stored_study(name, storage))
     print(json.dumps(record, indent=2) if as_json else queries.best_text(record))
     return 0
 
@@ -367,10 +365,14 @@ def trials(name: str, fmt: str, state: str | None, storage: str | None) -> int:
     """`sweep trials`: a study's trials as a table, CSV or JSON."""
     from sweep import queries
 
-    stores = resolve_stores(Home.from_environment(), storage, None)
-    study = open_study(stores, name)
+    study = _stored_study(name, storage)
     print(queries.render(queries.trial_records(study, state), fmt))
     return 0
+
+
+def _stored_study(name: str, storage: str | None):
+    """An existing study to read or queue into (the home's store by default)."""
+    return open_study(resolve_stores(Home.from_environment(), storage, None), name)
 
 
 def export(

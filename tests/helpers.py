@@ -76,6 +76,23 @@ def run_main(*args, env=None):
     )
 
 
+def study_in_home(home: Path, monkeypatch, name: str = "s"):
+    """A fresh SWEEP_HOME (set for the test) whose SQLite store holds study `name`.
+
+    Returns:
+        The study and its storage.
+    """
+    import optuna
+
+    from sweep import stores
+
+    home.mkdir()
+    monkeypatch.setenv("SWEEP_HOME", str(home))
+    storage = stores.open_storage(f"sqlite:///{home / 'optuna.db'}")
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    return study, storage
+
+
 def start_sweep(*args, env=None):
     """Starts the `sweep` console script in the background, output piped."""
     return subprocess.Popen(

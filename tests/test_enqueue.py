@@ -3,8 +3,8 @@
 import optuna
 import pytest
 
-from sweep import keys, stores
-from tests.helpers import STUDY, assert_one_line_error, run_main
+from sweep import keys
+from tests.helpers import STUDY, assert_one_line_error, run_main, study_in_home
 
 PICK = ["depth=2", "width=16", "embedding_dim=8", "learning_rate=0.1"]
 
@@ -12,11 +12,7 @@ PICK = ["depth=2", "width=16", "embedding_dim=8", "learning_rate=0.1"]
 @pytest.fixture
 def queued(tmp_path, monkeypatch):
     """Study `s` (launched from the helpers' study file) in a fresh home."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("SWEEP_HOME", str(home))
-    storage = stores.open_storage(f"sqlite:///{home / 'optuna.db'}")
-    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study, _ = study_in_home(tmp_path / "home", monkeypatch)
     text = STUDY.format(
         name="s", n_trials=2, sampler="random", rates="0.05, 0.1", baselines=""
     )

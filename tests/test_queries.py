@@ -9,8 +9,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweep import cli, confirm, keys, queries, stores
-from tests.helpers import assert_one_line_error, run_main
+from sweep import cli, confirm, keys, queries
+from tests.helpers import assert_one_line_error, run_main, study_in_home
 
 DISTRIBUTIONS = {
     "depth": CategoricalDistribution([1, 2]),
@@ -35,10 +35,7 @@ def _trial(state, value=None, depth=1, attrs=None, intermediate=None):
 def home(tmp_path, monkeypatch):
     """A sweep home whose Optuna store holds study `s`: 2 complete, 1 pruned, 1 fail."""
     home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("SWEEP_HOME", str(home))
-    storage = stores.open_storage(f"sqlite:///{home / 'optuna.db'}")
-    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study, storage = study_in_home(home, monkeypatch)
     study.set_user_attr(keys.EXPERIMENT_ATTR, "1")
     study.set_user_attr(keys.PARENT_RUN_ATTR, "parent")
     study.add_trial(
