@@ -1,7 +1,7 @@
 """Benchmark: does the confirmation stage name a better champion than the search?
 
     .venv/bin/python -m benchmarks.selection [--seeds 42,1,2] [--eval-seeds 5]
-        [--plans 3x3,2x3,3x2,2x2] [--read SEED=FOLDER] [--out selection]
+        [--read SEED=FOLDER] [--out selection]
         [--n-trials N --stage KxS]  (another size of the default study)
 
 For each study seed, launches `studies/deep_retrieval.toml` (its search, then
@@ -12,11 +12,10 @@ the stage used: a finalist's mean over those is its "confirmed mean". The
 search's best trial is the first finalist, so its confirmed mean is what the
 sweep's answer was worth before the stage existed.
 
-For each plan of K finalists x S seeds (within the study's own, whose runs
-hold every smaller plan's: the first K finalists, the first S seeds), the
-champion that plan would have named, its reported mean (+- standard error),
-its confirmed mean and the optimism between them, and the stage's minutes (its
-runs' times).
+The champion the stage named, its reported mean (+- standard error), its
+confirmed mean and the optimism between them, and the stage's minutes. (A
+smaller plan cannot be read from a larger one's runs: a collapsed finalist's
+replacement depends on the plan.)
 
 Goals: the champion's confirmed mean at least the search best's for every study
 seed; its reported figure within one standard error of its confirmed mean; its
@@ -152,27 +151,30 @@ def _one_seed(
     eval_seeds = confirm.fresh_seeds(seed, eval_count, taken, _EVAL_STREAM)
     training = load_study(folder / "deep_retrieval.toml").training
     finalists = []
-    for f in confirm.results(study, companion):
+    results = confirm.results(study, companion)
+    for f in results:
         print(f"  retraining finalist {f.trial.number}", flush=True)
         by_seed = {r.user_attrs[keys.SEED_ATTR]: r for r in f.runs}
+        # In the order of the stage's seeds; a collapsed finalist's later
+        # seeds did not run.
+        ran = [by_seed[s] for s in stage_seeds if s in by_seed]
         finalists.append(
             {
                 "trial": f.trial.number,
                 "params": f.trial.params,
                 "search_value": f.trial.value,
-                # In the order of the stage's seeds: a smaller plan's runs are
-                # a prefix of them.
-                "stage": [by_seed[s].value for s in stage_seeds],
+                "stage": [r.value for r in ran],
                 "stage_diverged": [
-                    bool(by_seed[s].user_attrs.get(keys.DIVERGED_ATTR))
-                    for s in stage_seeds
+                    bool(r.user_attrs.get(keys.DIVERGED_ATTR)) for r in ran
                 ],
-                "stage_seconds": [_seconds(by_seed[s]) for s in stage_seeds],
+                "stage_seconds": [_seconds(r) for r in ran],
+                "unstable": f.unstable,
                 "confirmed": _summary(
                     _retrain(f.trial.params, eval_seeds, features, training)
                 ),
             }
         )
+    best = confirm.champion(results)
     return {
         "study_seed": seed,
         "folder": str(folder),
@@ -183,33 +185,17 @@ def _one_seed(
         "stage_seeds": stage_seeds,
         "eval_seeds": eval_seeds,
         "finalists": finalists,
+        "champion": None if best is None else best.trial.number,
     }
 
 
-def choose(result: dict, finalists: int, seeds: int) -> dict:
-    """What a plan of `finalists` x `seeds` (within the run's) would have named."""
-    chosen = []
-    for f in result["finalists"][:finalists]:
-        values = f["stage"][:seeds]
-        unstable = any(
-            v < confirm.COLLAPSE_SHARE * f["search_value"] or d
-            for v, d in zip(values, f["stage_diverged"][:seeds], strict=True)
-        )
-        chosen.append((f, _summary(values), unstable))
-    stable = [c for c in chosen if not c[2]]
-    seconds = sum(sum(f["stage_seconds"][:seeds]) for f, _, _ in chosen)
-    best = max(stable, key=lambda c: c[1]["mean"], default=None)
-    return {"champion": best, "stage_minutes": seconds / 60}
-
-
-def _markdown(results: list[dict], plans: list[tuple[int, int]]) -> str:
+def _markdown(results: list[dict]) -> str:
     eval_count = len(results[0]["eval_seeds"])
     lines = [
         f"Confirmed mean: over {eval_count} fresh seeds that neither the search "
         "nor the stage used. Optimism: the reported figure minus the confirmed "
         "mean (the search's best reports its one value; the champion its mean "
-        "over the stage's seeds). Stage minutes for a smaller plan: the sum of "
-        "its runs' times in the full plan's stage.",
+        "over the stage's seeds).",
         "",
         "| study seed | search (min) | search best: trial | reported | confirmed "
         "mean +- std | optimism |",
@@ -226,39 +212,41 @@ def _markdown(results: list[dict], plans: list[tuple[int, int]]) -> str:
         )
     lines += [
         "",
-        "| plan | study seed | stage (min) | stage / search | champion: trial | "
-        "reported mean +- se | confirmed mean +- std | optimism | >= search best "
-        "| within 1 se | search + stage (min) |",
-        "|---" * 11 + "|",
+        "| plan | study seed | finalists (unstable) | stage (min) | stage / search "
+        "| champion: trial | reported mean +- se | confirmed mean +- std | "
+        "optimism | >= search best | within 1 se | search + stage (min) |",
+        "|---" * 12 + "|",
     ]
-    for finalists, seeds in plans:
-        for r in results:
-            outcome = choose(r, finalists, seeds)
-            best = outcome["champion"]
-            minutes = outcome["stage_minutes"]
-            row = [
-                f"{finalists} x {seeds}",
-                str(r["study_seed"]),
-                f"{minutes:.1f}",
-                f"{minutes / r['search_minutes']:.0%}",
+    for r in results:
+        minutes = r["stage_minutes"]
+        plan = r["plan"]
+        row = [
+            f"{plan['finalists']} x {plan['seeds']}",
+            str(r["study_seed"]),
+            " ".join(
+                f"{f['trial']}{'*' if f['unstable'] else ''}" for f in r["finalists"]
+            ),
+            f"{minutes:.1f}",
+            f"{minutes / r['search_minutes']:.0%}",
+        ]
+        best = next((f for f in r["finalists"] if f["trial"] == r["champion"]), None)
+        if best is None:
+            row += ["none"] + ["-"] * 5
+        else:
+            reported = _summary(best["stage"])
+            confirmed = best["confirmed"]
+            raw = r["finalists"][0]["confirmed"]
+            gap = reported["mean"] - confirmed["mean"]
+            row += [
+                f"{best['trial']} ({params.text(best['params'])})",
+                f"{reported['mean']:.4f} +- {reported['stderr']:.4f}",
+                f"{confirmed['mean']:.4f} +- {confirmed['std']:.4f}",
+                f"{gap:+.4f}",
+                "yes" if confirmed["mean"] >= raw["mean"] else "no",
+                "yes" if abs(gap) <= confirmed["stderr"] else "no",
             ]
-            if best is None:
-                row += ["none"] + ["-"] * 5
-            else:
-                f, reported, _ = best
-                confirmed = f["confirmed"]
-                raw = r["finalists"][0]["confirmed"]
-                gap = reported["mean"] - confirmed["mean"]
-                row += [
-                    str(f["trial"]),
-                    f"{reported['mean']:.4f} +- {reported['stderr']:.4f}",
-                    f"{confirmed['mean']:.4f} +- {confirmed['std']:.4f}",
-                    f"{gap:+.4f}",
-                    "yes" if confirmed["mean"] >= raw["mean"] else "no",
-                    "yes" if abs(gap) <= confirmed["stderr"] else "no",
-                ]
-            row.append(f"{r['search_minutes'] + minutes:.1f}")
-            lines.append("| " + " | ".join(row) + " |")
+        row.append(f"{r['search_minutes'] + minutes:.1f}")
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -281,18 +269,12 @@ def main() -> None:
     parser.add_argument(
         "--stage", help="the study's [confirm] plan, KxS (default: the study's own)"
     )
-    parser.add_argument(
-        "--plans",
-        default="3x3,2x3,3x2,2x2",
-        help="finalists x seeds plans to compare (each within the study's own)",
-    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data_home = Path(
         os.environ.get("SWEEP_BENCH_DATA_HOME", str(REPO / ".sweep-bench"))
     )
     read = {int(k): Path(v) for k, v in (spec.split("=") for spec in args.read)}
-    plans = [tuple(int(n) for n in p.split("x")) for p in args.plans.split(",")]
     features = data.load("recbole", home=data_home, log=print)
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -309,8 +291,8 @@ def main() -> None:
         )
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2))
-        (RESULTS / f"{args.out}.md").write_text(_markdown(results, plans))
-        print(_markdown(results, plans), flush=True)
+        (RESULTS / f"{args.out}.md").write_text(_markdown(results))
+        print(_markdown(results), flush=True)
 
 
 if __name__ == "__main__":

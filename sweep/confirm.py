@@ -7,7 +7,10 @@ distinct configurations are each trained again from scratch with S seeds that
 no search trial used, and the champion is the finalist with the highest mean
 over its seeds. A finalist with a seed that collapses (its best below
 `COLLAPSE_SHARE` of the finalist's own search value, or a loss that diverged)
-is marked unstable and is never the champion.
+is marked unstable and is never the champion: its remaining seeds are not run,
+and the next configuration in search order takes its place (at most K times),
+so that the stage still ends with K stable finalists when the search found
+them.
 
 The stage's runs are trials of a companion Optuna study in the same storage
 (`companion_name`), queued with their fixed configuration and seed, so the
@@ -91,6 +94,9 @@ def fresh_seeds(study_seed: int, count: int, taken: set[int], stream: int) -> li
 def finalists(trials: list[FrozenTrial], count: int) -> list[FrozenTrial]:
     """The `count` best distinct configurations among the complete trials.
 
+    The candidates of a plan in search order; `results` says which of them the
+    stage retrains (those a collapse did not make unnecessary).
+
     Each configuration is represented by its best trial (the earliest on ties).
     """
     best: dict[tuple, FrozenTrial] = {}
@@ -142,11 +148,15 @@ def open_companion(
 def queue(study: optuna.Study, companion: optuna.Study, plan: Plan, seed: int) -> int:
     """Queues every (finalist, seed) run of the plan not queued or run yet.
 
-    Safe to call from several workers at once: a run queued twice is dropped
-    when it starts (`duplicate_of`).
+    Called again as runs finish: a finalist that collapsed gets no more runs,
+    and the configuration that replaces it gets its seeds. Safe to call from
+    several workers at once: a run queued twice is dropped when it starts
+    (`duplicate_of`), and so is one of a finalist that has collapsed since it
+    was queued (`collapsed`).
 
     Returns:
-        The number of runs the plan holds (the companion study's target).
+        The number of complete runs the plan needs so far (the companion
+        study's target).
 
     Raises:
         SweepError: The search has no complete trial to confirm.
@@ -154,28 +164,40 @@ def queue(study: optuna.Study, companion: optuna.Study, plan: Plan, seed: int) -
     from sweep import space  # the training stack: not for `sweep status`
 
     trials = study.get_trials(deepcopy=False)
-    chosen = finalists(trials, plan.finalists)
-    check_confirmable(study.study_name, chosen)
+    runs = companion.get_trials(deepcopy=False)
+    chosen = _plan(trials, runs, plan)
+    check_confirmable(study.study_name, [f.trial for f in chosen])
     taken = {space.trial_seed(seed, t.number) for t in trials}
     seeds = confirmation_seeds(seed, plan.seeds, taken)
     have = {
         (_config_key(_configuration(t)), t.user_attrs.get(keys.SEED_ATTR))
-        for t in companion.get_trials(deepcopy=False)
+        for t in runs
         if t.state != TrialState.FAIL or t.user_attrs.get(keys.INTERRUPTED_ATTR)
     }
     for finalist in chosen:
+        if finalist.unstable:
+            continue
         for run_seed in seeds:
-            if (_config_key(finalist.params), run_seed) in have:
+            if (_config_key(finalist.trial.params), run_seed) in have:
                 continue
             companion.enqueue_trial(
-                finalist.params,
+                finalist.trial.params,
                 user_attrs={
-                    keys.FINALIST_OF_ATTR: finalist.number,
+                    keys.FINALIST_OF_ATTR: finalist.trial.number,
                     keys.SEED_ATTR: run_seed,
+                    keys.SEARCH_VALUE_ATTR: finalist.trial.value,
                 },
                 skip_if_exists=False,
             )
-    return len(chosen) * len(seeds)
+    # A run of a collapsed finalist that is still running counts when it ends;
+    # until then the target leaves it room (`Objective` counts it as ahead).
+    moot = {_config_key(f.trial.params) for f in chosen if f.unstable}
+    running = sum(
+        1
+        for t in runs
+        if t.state == TrialState.RUNNING and _config_key(_configuration(t)) in moot
+    )
+    return sum(f.needed for f in chosen) + running
 
 
 def check_confirmable(name: str, chosen: list[FrozenTrial]) -> None:
@@ -214,6 +236,28 @@ def duplicate_of(trial: FrozenTrial, trials: list[FrozenTrial]) -> int | None:
     return None
 
 
+def collapsed(trial: FrozenTrial, trials: list[FrozenTrial]) -> int | None:
+    """A complete run in which the same finalist collapsed, making this one moot."""
+    value = trial.user_attrs.get(keys.SEARCH_VALUE_ATTR)
+    if value is None:  # queued before runs carried their finalist's value
+        return None
+    for other in trials:
+        if (
+            other.state == TrialState.COMPLETE
+            and _configuration(other) == _configuration(trial)
+            and _collapsed(other, value)
+        ):
+            return other.number
+    return None
+
+
+def _collapsed(run: FrozenTrial, search_value: float) -> bool:
+    """Whether a complete run collapsed or diverged, for a finalist of that value."""
+    return run.value < COLLAPSE_SHARE * search_value or bool(
+        run.user_attrs.get(keys.DIVERGED_ATTR)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Finalist:
     """One finalist's search value and its confirmation runs.
@@ -249,17 +293,19 @@ class Finalist:
         return self.std / math.sqrt(len(self.runs)) if self.runs else math.inf
 
     @property
-    def done(self) -> bool:
-        """Whether every seed of the plan has run."""
-        return len(self.runs) >= self.seeds
-
-    @property
     def unstable(self) -> bool:
         """Whether a seed collapsed or diverged."""
-        floor = COLLAPSE_SHARE * self.trial.value
-        return any(
-            r.value < floor or r.user_attrs.get(keys.DIVERGED_ATTR) for r in self.runs
-        )
+        return any(_collapsed(r, self.trial.value) for r in self.runs)
+
+    @property
+    def needed(self) -> int:
+        """Its runs the plan needs: every seed, or those run until it collapsed."""
+        return len(self.runs) if self.unstable else self.seeds
+
+    @property
+    def done(self) -> bool:
+        """Whether it needs no more runs (every seed ran, or one collapsed)."""
+        return len(self.runs) >= self.needed
 
     @property
     def best_run(self) -> FrozenTrial | None:
@@ -290,15 +336,30 @@ def results(study: optuna.Study, companion: optuna.Study | None) -> list[Finalis
     plan = stored_plan(study)
     if plan is None:
         return []
-    chosen = finalists(study.get_trials(deepcopy=False), plan.finalists)
     runs = [] if companion is None else companion.get_trials(deepcopy=False)
-    out = []
-    for trial in chosen:
+    return _plan(study.get_trials(deepcopy=False), runs, plan)
+
+
+def _plan(
+    trials: list[FrozenTrial], runs: list[FrozenTrial], plan: Plan
+) -> list[Finalist]:
+    """The K best stable configurations, and the collapsed ones ranked above them.
+
+    Each collapsed finalist is replaced by the next configuration in search
+    order, up to K replacements (a search whose best configurations all
+    collapse ends the stage without a champion rather than run on).
+    """
+    out, stable = [], 0
+    for trial in finalists(trials, 2 * plan.finalists):
         own = {}
         for run in runs:
-            if run.state == TrialState.COMPLETE and run.params == trial.params:
+            if run.state == TrialState.COMPLETE and _configuration(run) == trial.params:
                 own.setdefault(run.user_attrs.get(keys.SEED_ATTR), run)
-        out.append(Finalist(trial, tuple(own.values()), plan.seeds))
+        finalist = Finalist(trial, tuple(own.values()), plan.seeds)
+        out.append(finalist)
+        stable += not finalist.unstable
+        if stable == plan.finalists:
+            break
     return out
 
 
@@ -383,7 +444,7 @@ def champion_text(finalists: list[Finalist]) -> str | None:
         if all(f.done for f in finalists):
             return "confirmed champion: none (every finalist collapsed on a seed)"
         runs = sum(len(f.runs) for f in finalists)
-        total = sum(f.seeds for f in finalists)
+        total = sum(f.needed for f in finalists)
         if not runs:
             return f"confirmation: {total} runs after the search, none finished"
         return f"confirmation: {runs} of {total} runs finished"

@@ -32,6 +32,7 @@ RESUMED_FROM_ATTR = "resumed_from_epoch"
 TRACKING_SECONDS_ATTR = "tracking_seconds"
 FINALIST_OF_ATTR = "sweep.finalist_of"  # a confirmation run's search trial
 SEED_ATTR = "sweep.seed"  # a confirmation run's seed (search trials derive theirs)
+SEARCH_VALUE_ATTR = "sweep.search_value"  # a confirmation run's finalist's value
 DIVERGED_ATTR = "sweep.diverged"  # a confirmation run whose loss diverged
 TEST_ACCURACY_ATTR = "test_top100_accuracy"  # a confirmation run's, on held-out data
 

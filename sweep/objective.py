@@ -340,7 +340,7 @@ class Objective:
     def _check_not_duplicate(
         self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial]
     ) -> None:
-        """Drops a confirmation run queued twice (by two workers at once)."""
+        """Drops a confirmation run queued twice, or of a finalist that collapsed."""
         earlier = confirm.duplicate_of(frozen, trials)
         if earlier is not None:
             trial.set_user_attr(keys.SURPLUS_ATTR, True)
@@ -348,6 +348,12 @@ class Objective:
                 keys.FAIL_REASON_ATTR, f"not needed: trial {earlier} runs the same"
             )
             raise TrialFailed(f"not needed: trial {earlier} runs the same")
+        collapsed = confirm.collapsed(frozen, trials)
+        if collapsed is not None:
+            reason = f"not needed: the finalist collapsed in trial {collapsed}"
+            trial.set_user_attr(keys.SURPLUS_ATTR, True)
+            trial.set_user_attr(keys.FAIL_REASON_ATTR, reason)
+            raise TrialFailed(reason)
 
     def _checkpoint_of(
         self, trial: FrozenTrial, previous_run: str | None

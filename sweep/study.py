@@ -339,7 +339,7 @@ def _confirm(
 
     target = queue()
     if progress:
-        print(f"confirming {target // plan.seeds} finalists over {plan.seeds} seeds")
+        print(f"confirming {plan.finalists} finalists over {plan.seeds} seeds")
     objective = Objective(
         search.study,
         search.features,
@@ -384,9 +384,9 @@ def run_trials(
         target: The finished trials to reach.
         progress: Show a progress bar and one line per trial.
         callbacks: Optuna trial callbacks (after the progress line).
-        refill: Queues the trials still to run, for a study whose every trial
-            is queued (confirmation runs): called before a trial starts, so
-            that nothing is ever sampled.
+        refill: Queues the trials still to run and returns the target, for a
+            study whose every trial is queued (confirmation runs): called
+            before each trial starts, so that nothing is ever sampled.
         deadline: No trial starts after this `time.time()`.
 
     Returns:
@@ -400,6 +400,9 @@ def run_trials(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         while True:
+            if refill is not None:
+                # The plan grows when a finalist collapses (its replacement).
+                target = objective.target = bar.bar.total = refill()
             # One read of the study per trial: each costs a query of the store.
             trials = study.get_trials(deepcopy=False)
             states = [t.state for t in trials]
@@ -420,7 +423,9 @@ def run_trials(
                 time.sleep(1)
                 continue
             if refill is not None and TrialState.WAITING not in states:
-                refill()
+                # Every run is queued, never sampled: none is left to start.
+                time.sleep(1)
+                continue
             study.optimize(
                 objective,
                 n_trials=1,

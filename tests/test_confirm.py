@@ -164,6 +164,49 @@ def test_the_champion_is_the_stable_finalist_of_best_mean(searched):
     assert not confirm.close_call(finalists)
 
 
+def test_a_collapsed_finalist_is_replaced_by_the_next_configuration(searched):
+    study, storage = searched
+    # A fourth configuration, below the other three in the search.
+    study.add_trial(_trial(0.31, depth=1, width=16, rate=0.2))
+    study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 2, "seeds": 2})
+    companion = confirm.open_companion(study, storage)
+    plan = confirm.stored_plan(study)
+    assert confirm.queue(study, companion, plan, 42) == 4
+    queued = companion.get_trials()
+    assert {t.user_attrs[keys.FINALIST_OF_ATTR] for t in queued} == {1, 2}
+    assert queued[0].user_attrs[keys.SEARCH_VALUE_ATTR] == 0.36
+    # Finalist 1's first seed collapses (0.05 against its search value 0.36).
+    first = queued[0]
+    companion._storage.set_trial_state_values(first._trial_id, TrialState.RUNNING)
+    companion._storage.set_trial_state_values(
+        first._trial_id, TrialState.COMPLETE, [0.05]
+    )
+    runs = companion.get_trials()
+    assert confirm.collapsed(runs[1], runs) == first.number  # its second seed: moot
+    assert confirm.collapsed(runs[2], runs) is None  # finalist 2's: still needed
+    # Trial 3 takes its place: its two seeds are queued, the target counts
+    # finalist 1's one run, and 2 + 2 for the others.
+    assert confirm.queue(study, companion, plan, 42) == 1 + 2 + 2
+    added = companion.get_trials()[len(queued) :]
+    assert [t.user_attrs[keys.FINALIST_OF_ATTR] for t in added] == [3, 3]
+    finalists = confirm.results(study, companion)
+    assert [f.trial.number for f in finalists] == [1, 2, 3]
+    assert finalists[0].unstable and finalists[0].done
+    assert "1 of 5 runs finished" in confirm.champion_text(finalists)
+    # Replacements stop after K of them: with 2 finalists, 4 configurations at most.
+    study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 1, "seeds": 2})
+    plan = confirm.stored_plan(study)
+    for run in added:
+        companion._storage.set_trial_state_values(run._trial_id, TrialState.RUNNING)
+        companion._storage.set_trial_state_values(
+            run._trial_id, TrialState.COMPLETE, [0.01]
+        )
+    finalists = confirm.results(study, companion)
+    # K = 1: finalist 1 collapsed, trial 2 replaced it (and was not replaced
+    # in turn: it has not collapsed); trial 3 is no longer a finalist.
+    assert [f.trial.number for f in finalists] == [1, 2]
+
+
 def test_a_close_runner_up_is_said(searched):
     study, companion = _confirmed(searched, 2, 2, [
         (0.34, 1, 11, {"depth": 2}),
@@ -334,6 +377,42 @@ def test_a_launch_confirms_its_finalists_then_confirm_adds_seeds(
     version = client.get_model_version_by_alias("c", "champion")
     assert version.tags[keys.CONFIRMED_TAG] == "true"
     assert version.tags[keys.TRIAL_TAG] == str(best.trial.number)
+
+
+@pytest.mark.slow
+def test_a_finalist_that_collapses_is_replaced_in_a_real_stage(
+    tmp_path, cached_home, synthetic_spec
+):
+    home = cached_home
+    result = _launch(tmp_path, home, synthetic_spec)
+    assert result.returncode == 0, result.stderr
+    url = f"sqlite:///{home / 'optuna.db'}"
+    study = optuna.load_study(study_name="c", storage=url)
+    searched = confirm.finalists(study.get_trials(), 2)
+    # A lucky search value no retraining reaches: its first seed collapses.
+    lucky = {"depth": 2, "width": 16, "embedding_dim": 16, "learning_rate": 0.2}
+    assert lucky not in [t.params for t in searched]
+    study.add_trial(
+        create_trial(value=1.5, params=lucky, distributions=searched[0].distributions)
+    )
+    lucky_number = len(study.trials) - 1
+    stage = run_main("confirm", "c", "--finalists", "1", "--seeds", "2",
+                     "--data-source", synthetic_spec,
+                     env={"SWEEP_HOME": str(home)})  # fmt: skip
+    assert stage.returncode == 0, stage.stderr
+    runs = optuna.load_study(study_name="c:confirm", storage=url).get_trials()
+    by_finalist = {}
+    for run in runs:
+        by_finalist.setdefault(run.user_attrs[keys.FINALIST_OF_ATTR], []).append(run)
+    # The lucky finalist ran one seed, collapsed; its second was dropped unrun.
+    lucky_runs = by_finalist.pop(lucky_number)
+    assert [r.state.name for r in lucky_runs] == ["COMPLETE", "FAIL"]
+    assert "the finalist collapsed" in lucky_runs[1].user_attrs[keys.FAIL_REASON_ATTR]
+    # The search's best configuration replaced it, over both seeds.
+    assert list(by_finalist) == [searched[0].number]
+    assert [r.state.name for r in by_finalist[searched[0].number]] == ["COMPLETE"] * 2
+    assert f"confirmed champion: trial {searched[0].number}" in stage.stdout
+    assert "unstable" in stage.stdout
 
 
 def test_confirm_of_a_study_without_complete_trials_creates_nothing(
