@@ -224,6 +224,19 @@ def cmd_trials(args: argparse.Namespace) -> int:
     return verbs.trials(args.name, args.format, args.state, args.storage)
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Deletes a study: its trials, its MLflow experiment, runs and artifacts.
+
+    Its checkpoints on this machine go too, and its registered model versions
+    with --models. Asks first unless --yes; refuses while a worker of the
+    study is alive. The study file can then be launched again.
+    """
+    from sweep import verbs
+
+    return verbs.delete(args.name, args.yes, args.models, args.storage,
+                        args.tracking_uri)  # fmt: skip
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Exports a study's champion (else its best trial) as a servable recommender.
 
@@ -360,6 +373,7 @@ EXAMPLES = {
     "best": "sweep best deep-retrieval --json",
     "trials": "sweep trials deep-retrieval --format csv --state complete",
     "export": "sweep export deep-retrieval --out exports/deep-retrieval",
+    "delete": "sweep delete old-study --models --yes",
     "recommend": "sweep recommend --model models:/deep-retrieval@champion --user-id 42",
     "ui": "sweep ui --port 5000",
 }
@@ -489,6 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="only the trials in this state",
     )
     _add_storage_argument(trials)
+
+    delete = _add_verb(verbs, "delete", cmd_delete)
+    delete.add_argument("name", help="the study name")
+    delete.add_argument(
+        "--models",
+        action="store_true",
+        help="delete its registered model versions too (default: keep them)",
+    )
+    delete.add_argument("--yes", action="store_true", help="do not ask first")
+    _add_store_arguments(delete)
 
     export = _add_verb(verbs, "export", cmd_export)
     export.add_argument("name", help="the study name")

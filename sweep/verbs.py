@@ -370,6 +370,26 @@ def trials(name: str, fmt: str, state: str | None, storage: str | None) -> int:
     return 0
 
 
+def delete(
+    name: str, yes: bool, models: bool, storage: str | None, tracking_uri: str | None
+) -> int:
+    """`sweep delete`: a study's trials, MLflow runs and checkpoints, after asking."""
+    from sweep import deletion
+
+    home = Home.from_environment()
+    stores = resolve_stores(home, storage, tracking_uri)
+    what = deletion.plan(stores, home.checkpoints, name, models)
+    if not yes:
+        print(f"delete {what.describe()}? [y/N] ", end="", flush=True)
+        answer = sys.stdin.readline().strip().lower()
+        if answer not in ("y", "yes"):
+            print(f"kept study {name!r} (answer y to delete, or pass --yes)")
+            return 1
+    deletion.delete(stores, what)
+    print(f"deleted {what.describe()}")
+    return 0
+
+
 def _stored_study(name: str, storage: str | None):
     """An existing study to read or queue into (the home's store by default)."""
     return open_study(resolve_stores(Home.from_environment(), storage, None), name)

@@ -262,3 +262,36 @@ def test_two_workers_share_the_study_exactly_across_server_restarts(
                    env=stack.worker_mlflow_env)  # fmt: skip
     assert ui.returncode == 0, ui.stderr
     assert f"study stack: {stack.mlflow_url}/#/experiments/" in ui.stdout
+
+
+def test_delete_removes_a_study_from_the_stack(
+    stack, tmp_path, monkeypatch, synthetic_folder, synthetic_home
+):
+    """`sweep delete` against PostgreSQL and the MLflow server; the name is free."""
+    path = tmp_path / "gone.toml"
+    text = STUDY.split("[confirm]")[0].replace('name = "stack"', 'name = "gone"')
+    path.write_text(text.replace(f"n_trials = {N_TRIALS}", "n_trials = 1"))
+    home = share_cache(tmp_path / "home", synthetic_home / "cache")
+    env = {**stack.worker_mlflow_env, "SWEEP_HOME": str(home)}
+    stores = ["--storage", stack.worker_storage, "--tracking-uri", stack.mlflow_url]
+    data = ["--data-source", f"grouplens:{synthetic_folder}"]
+    launched = run_sweep("launch", str(path), *stores, *data, env=env)
+    assert launched.returncode == 0, launched.stderr
+    for key, value in stack.worker_mlflow_env.items():
+        monkeypatch.setenv(key, value)
+    client = mlflow.MlflowClient(stack.mlflow_url)
+    experiment_id = client.get_experiment_by_name("gone").experiment_id
+    run_ids = [r.info.run_id for r in client.search_runs([experiment_id])]
+    assert len(run_ids) == 2
+    assert any(list(stack.artifacts.rglob(f"{r}/artifacts/*")) for r in run_ids)
+
+    deleted = run_sweep("delete", "gone", "--yes", *stores, env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "gone" not in optuna.get_all_study_names(stack.worker_storage)
+    assert client.get_experiment_by_name("gone") is None
+    assert client.get_experiment(experiment_id).lifecycle_stage == "deleted"
+    for run_id in run_ids:
+        assert not list(stack.artifacts.rglob(f"{run_id}/artifacts/*")), run_id
+    assert "gone" not in run_sweep("status", "--storage", stack.worker_storage).stdout
+    again = run_sweep("launch", str(path), *stores, *data, env=env)
+    assert again.returncode == 0, again.stderr

@@ -1,0 +1,231 @@
+"""Deleting a study: its trials, its MLflow runs and artifacts, its checkpoints.
+
+What a study leaves behind is spread over four places: the Optuna storage (the
+study and its confirmation stage), the MLflow experiment of the same name (runs,
+metrics, artifacts), the Model Registry (versions its exports registered) and
+the home's `checkpoints/`. `sweep delete` removes all of them so that the name
+can be launched again.
+
+The Optuna study goes last: it is what names the rest, so a deletion cut short
+(a server away, Ctrl-C) is finished by running `sweep delete` again.
+
+The MLflow experiment is renamed before it is deleted (MLflow keeps a deleted
+experiment's name taken) and its runs' artifacts are deleted through MLflow's
+artifact repositories (a server's proxied ones included). On a tracking store
+`sweep` reaches as a database (the home's SQLite file), `mlflow gc` then removes
+the experiment and its runs for good; a tracking server's rows stay in its
+database as deleted, for `mlflow gc` on the server. Registered versions are
+deleted only with `models`; kept ones keep the experiment (deleted, renamed)
+so that their logged models still resolve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+from mlflow.entities import LifecycleStage, ViewType
+from mlflow.exceptions import MlflowException
+from optuna.trial import TrialState
+
+from sweep import confirm, keys, retries, servers
+from sweep.errors import SweepError
+from sweep.stores import Stores, open_study, open_tracker
+from sweep.tracking import Tracker, is_server
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What deleting a study removes (shown before the user confirms).
+
+    Attributes:
+        name: The study.
+        studies: The Optuna studies: the study, and its confirmation stage.
+        trials: Their trials, all states.
+        experiment_id: Its MLflow experiment, if it still has one.
+        runs: The experiment's runs.
+        versions: Its registered model versions.
+        models: Whether the registered versions go too.
+        checkpoints: Its checkpoint folders on this machine.
+    """
+
+    name: str
+    studies: tuple[optuna.Study, ...]
+    trials: int
+    experiment_id: str | None
+    runs: int
+    versions: tuple[str, ...]
+    models: bool
+    checkpoints: tuple[Path, ...]
+
+    def describe(self) -> str:
+        """One line: what goes, and what stays."""
+        parts = [f"{self.trials} trials"]
+        if self.experiment_id is not None:
+            parts.append(f"MLflow experiment {self.experiment_id} ({self.runs} runs)")
+        if self.versions and self.models:
+            parts.append(f"{len(self.versions)} registered model versions")
+        if self.checkpoints:
+            parts.append("its checkpoints")
+        line = f"study {self.name!r}: " + ", ".join(parts)
+        if self.versions and not self.models:
+            line += (
+                f" (keeping {len(self.versions)} registered model versions of "
+                f"{self.name!r}; --models deletes them too)"
+            )
+        return line
+
+
+def plan(stores: Stores, checkpoints: Path, name: str, models: bool) -> Plan:
+    """What `delete` would remove; refuses while a worker of the study is alive.
+
+    Args:
+        stores: Where the study lives.
+        checkpoints: The home's checkpoint folder (one folder per study).
+        name: The study.
+        models: Delete its registered model versions too.
+
+    Raises:
+        SweepError: No such study, or a worker still runs one of its trials.
+    """
+    study = open_study(stores, name)
+    studies = [study]
+    companion = confirm.companion_of(study)
+    if companion is not None:
+        studies.append(companion)
+    trials = 0
+    for one in studies:
+        every = one.get_trials(deepcopy=False)
+        trials += len(every)
+        running = [t for t in every if t.state == TrialState.RUNNING]
+        live = retries.live_workers(one, running)
+        if live:
+            raise SweepError(
+                f"study {name!r} has a live worker ({', '.join(live)}, heartbeat "
+                f"within the last {retries.GRACE_SECONDS} s); stop it (Ctrl-C) "
+                "or wait for it to end, then delete"
+            )
+    tracker = open_tracker(stores)
+    experiment_id, runs = _experiment(tracker, study)
+    versions = _versions(tracker, name)
+    folders = tuple(
+        checkpoints / one.study_name
+        for one in studies
+        if (checkpoints / one.study_name).is_dir()
+    )
+    return Plan(name, tuple(studies), trials, experiment_id, runs, versions, models,
+                folders)  # fmt: skip
+
+
+def _experiment(tracker: Tracker, study: optuna.Study) -> tuple[str | None, int]:
+    """The study's MLflow experiment (if it still has one) and its run count."""
+    experiment_id = study.user_attrs.get(keys.EXPERIMENT_ATTR)
+    if experiment_id is None:
+        return None, 0
+    try:
+        tracker.client.get_experiment(experiment_id)
+    except MlflowException:
+        return None, 0  # removed by a deletion cut short
+    return experiment_id, len(_runs(tracker, experiment_id))
+
+
+def _runs(tracker: Tracker, experiment_id: str) -> list:
+    """Every run of the experiment, deleted ones included."""
+    runs, token = [], None
+    while True:
+        page = tracker.client.search_runs(
+            [experiment_id], run_view_type=ViewType.ALL, max_results=1000,
+            page_token=token,
+        )  # fmt: skip
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _versions(tracker: Tracker, name: str) -> tuple[str, ...]:
+    """The registered versions of the study's model (named after the study)."""
+    found = tracker.client.search_model_versions(f"name = '{name}'")
+    return tuple(sorted((v.version for v in found), key=int))
+
+
+def delete(stores: Stores, deletion: Plan) -> None:
+    """Removes everything `deletion` lists, the Optuna study last.
+
+    Raises:
+        SweepError: A store refused (the study stays, to delete again).
+    """
+    tracker = open_tracker(stores)
+    if deletion.versions and deletion.models:
+        tracker.client.delete_registered_model(deletion.name)
+    if deletion.experiment_id is not None:
+        _delete_experiment(tracker, stores, deletion)
+    for folder in deletion.checkpoints:
+        shutil.rmtree(folder, ignore_errors=True)
+    # The confirmation stage first: a study without it is still a study.
+    for one in reversed(deletion.studies):
+        optuna.delete_study(study_name=one.study_name, storage=one._storage)  # noqa: SLF001
+
+
+def _delete_experiment(tracker: Tracker, stores: Stores, deletion: Plan) -> None:
+    """Deletes the runs' artifacts, frees the experiment's name, deletes it."""
+    from mlflow.store.artifact.artifact_repository_registry import (
+        get_artifact_repository,
+    )
+
+    client = tracker.client
+    experiment_id = deletion.experiment_id
+    for run in _runs(tracker, experiment_id):
+        repository = get_artifact_repository(
+            run.info.artifact_uri, tracking_uri=stores.tracking_uri
+        )
+        try:
+            repository.delete_artifacts()
+        except FileNotFoundError:
+            pass  # nothing was logged, or a deletion cut short removed them
+        uri = run.info.artifact_uri
+        if uri.startswith("file://"):
+            # The run's own folder, which holds its `artifacts/`, on this disk.
+            shutil.rmtree(Path(uri.removeprefix("file://")).parent, ignore_errors=True)
+    experiment = client.get_experiment(experiment_id)
+    if experiment.name == deletion.name:
+        # A deleted experiment keeps its name taken; this one no longer needs it.
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+        client.rename_experiment(
+            experiment_id, f"{deletion.name} (deleted {stamp}, id {experiment_id})"
+        )
+    if experiment.lifecycle_stage == LifecycleStage.ACTIVE:
+        client.delete_experiment(experiment_id)
+    if is_server(stores.tracking_uri) or (deletion.versions and not deletion.models):
+        return
+    _collect(stores.tracking_uri, experiment_id)
+    location = experiment.artifact_location
+    if location.startswith("file://"):
+        # The experiment's own folder (its logged models' files, now unused).
+        shutil.rmtree(Path(location.removeprefix("file://")), ignore_errors=True)
+
+
+def _collect(tracking_uri: str, experiment_id: str) -> None:
+    """`mlflow gc`: removes a deleted experiment and its runs from the database.
+
+    Raises:
+        SweepError: It failed (its last line is shown).
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", tracking_uri,
+         "--tracking-uri", tracking_uri, "--experiment-ids", experiment_id],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        raise SweepError(
+            f"mlflow gc could not remove experiment {experiment_id} from "
+            f"{servers.redact(tracking_uri)} ({lines[-1][:300]}); its runs are "
+            f"deleted but kept; run `mlflow gc --backend-store-uri "
+            f"{servers.redact(tracking_uri)} --experiment-ids {experiment_id}`"
+        )
