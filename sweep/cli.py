@@ -148,7 +148,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     """Creates a study from a study file and runs its trials."""
     from sweep import verbs
 
-    return verbs.launch(Path(args.study_file), _run_options(args), join=args.join)
+    return verbs.launch(
+        Path(args.study_file), _run_options(args), args.join, args.warm_start
+    )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -444,6 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--join",
         action="store_true",
         help="if the study exists (launched from the same file), join it instead",
+    )
+    launch.add_argument(
+        "--warm-start",
+        action="append",
+        default=[],
+        metavar="STUDY",
+        help="start from the finished trials of this earlier study (repeatable; "
+        "added to the file's [study] warm_start)",
     )
     _add_run_arguments(launch)
 

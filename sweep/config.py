@@ -7,6 +7,7 @@ A study is declared, not coded:
 name = "deep-retrieval"   # also the MLflow experiment name
 n_trials = 40             # finished (complete + pruned) trials to reach
 timeout = "30m"           # optional: no trial starts after this (s, m or h)
+warm_start = ["old"]      # optional: start from these studies' finished trials
 seed = 42
 sampler = "tpe"           # tpe | random
 pruner = "median"         # none | median | hyperband
@@ -78,6 +79,8 @@ class StudySettings:
     pruner: str = "median"
     # Seconds after a launch or resume when no more trials start (None: none).
     timeout: float | None = None
+    # Studies (in the same storage) whose finished trials a launch imports.
+    warm_start: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,7 +284,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     read.no_unknown(
         table,
         "[study] ",
-        ("name", "n_trials", "seed", "sampler", "pruner", "timeout"),
+        ("name", "n_trials", "seed", "sampler", "pruner", "timeout", "warm_start"),
     )
     name = table.get("name", _MISSING)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -301,6 +304,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
         sampler=read.choice(table, "[study] ", "sampler", SAMPLERS, "tpe"),
         pruner=read.choice(table, "[study] ", "pruner", PRUNERS, "median"),
         timeout=_timeout(read, table.get("timeout")),
+        warm_start=_warm_start(read, table.get("warm_start", []), name),
     )
 
     table = read.table(doc, "training")
@@ -370,6 +374,19 @@ def _timeout(read: _Reader, value) -> float | None:
     if not 0 < seconds < math.inf:
         raise read.fail("[study] timeout", value, expected + ", above 0")
     return seconds
+
+
+def _warm_start(read: _Reader, value, name: str) -> tuple[str, ...]:
+    """`[study] warm_start`: names of other studies."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and _NAME.fullmatch(v) and v != name for v in value
+    ):
+        raise read.fail(
+            "[study] warm_start",
+            value,
+            'a list of names of other studies, such as ["old-study"]',
+        )
+    return tuple(dict.fromkeys(value))
 
 
 def is_test_fraction(value) -> bool:
@@ -557,6 +574,8 @@ def differences(old: Study, new: Study) -> str:
     pairs = [
         (f"[study] {f.name}", getattr(old.study, f.name), getattr(new.study, f.name))
         for f in dataclasses.fields(StudySettings)
+        # What a launch imports changes nothing once the study exists.
+        if f.name != "warm_start"
     ]
     pairs += [
         (
@@ -579,6 +598,24 @@ def differences(old: Study, new: Study) -> str:
         if was != now:
             changes.append(f"{key}: {_shown(was)} -> {_shown(now)}")
     return "; ".join(changes)
+
+
+def with_warm_start(study: Study, names: list[str]) -> Study:
+    """`study` also warm-starting from `names` (`sweep launch --warm-start`).
+
+    Raises:
+        ConfigError: A name is not a study name, or is the study's own.
+    """
+    for name in names:
+        if not _NAME.fullmatch(name) or name == study.study.name:
+            raise ConfigError(
+                f"--warm-start {name!r}: expected the name of another study "
+                f"than {study.study.name!r} (letters, digits, '.', '_' or '-')"
+            )
+    settings = dataclasses.replace(
+        study.study, warm_start=tuple(dict.fromkeys((*study.study.warm_start, *names)))
+    )
+    return dataclasses.replace(study, study=settings)
 
 
 def _shown(value) -> str:

@@ -17,6 +17,7 @@ EXPERIMENT_ATTR = "mlflow_experiment_id"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 CONFIRM_PLAN_ATTR = "sweep.confirm"  # {"finalists", "seeds"} of the confirmation
 CONFIRM_OF_ATTR = "sweep.confirm_of"  # on a confirmation study: the study it confirms
+IMPORTED_ATTR = "sweep.imported"  # trials a warm start added (not in n_trials)
 
 # Optuna trial user attrs.
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
@@ -25,6 +26,7 @@ INTERRUPTED_ATTR = "sweep.interrupted"  # failed by Ctrl-C or SIGTERM: re-queue 
 SURPLUS_ATTR = "sweep.surplus"  # started after the target was reached; dropped
 BASELINE_ATTR = "sweep.baseline"  # queued from the study file's [[baselines]]
 ENQUEUED_ATTR = "sweep.enqueued"  # queued by hand (`sweep enqueue`)
+IMPORTED_FROM_ATTR = "sweep.imported_from"  # warm start: {"study", "trial"}
 FAIL_REASON_ATTR = "fail_reason"
 BEST_EPOCH_ATTR = "best_epoch"
 PRUNED_AT_ATTR = "pruned_at_epoch"
@@ -42,6 +44,7 @@ FINALIST_OF_TAG = "sweep.finalist_of"  # a confirmation run's search trial
 SEED_TAG = "sweep.seed"  # a confirmation run's seed
 STATE_TAG = "sweep.trial_state"  # the trial's Optuna state
 STUDY_FILE_TAG = "sweep.study_file"  # the parent run's study file name
+WARM_START_TAG = "sweep.warm_start"  # the parent run's: what a warm start imported
 RETRY_TAG = "sweep.retry_of"  # the trial number a retry continues
 RESUMED_FROM_TAG = "sweep.resumed_from_epoch"
 PRUNED_AT_TAG = "sweep.pruned_at_epoch"

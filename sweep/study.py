@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import config as config_module
-from sweep import confirm, keys, retries, servers, space, summary
+from sweep import confirm, keys, retries, servers, space, summary, warmstart
 from sweep.data import Features
 from sweep.errors import SweepError, TrialFailed
 from sweep.objective import Objective
@@ -54,6 +54,13 @@ class Session:
     tracker: Tracker
     target: int
     storage_url: str
+    # What a warm start imported (`warmstart.describe`), at launch.
+    warm_start: str | None = None
+
+    @property
+    def imported(self) -> int:
+        """Trials a warm start added: in the target, not in `n_trials`."""
+        return self.study.user_attrs.get(keys.IMPORTED_ATTR, 0)
 
 
 def launch(
@@ -65,8 +72,9 @@ def launch(
 ) -> Session:
     """Creates the study and its MLflow experiment and parent run.
 
-    Stores the study file, the target and the MLflow ids in the study, and
-    queues the baselines.
+    Stores the study file, the target and the MLflow ids in the study, adds
+    the finished trials of the studies it warm-starts from, and queues the
+    baselines.
 
     Args:
         study_file: The parsed study file.
@@ -77,7 +85,7 @@ def launch(
 
     Raises:
         SweepError: The study exists already (and not `join`, or with another
-            file), or a store cannot be used.
+            file), a study to warm-start from does not, or a store cannot be used.
     """
     settings = study_file.study
     # Optuna announces each new study at INFO (the CLI says what it launches),
@@ -96,6 +104,8 @@ def launch(
             f"`sweep resume {settings.name}`, or give the study file another "
             "[study] name"
         )
+    # Before anything is created: every study to start from must exist.
+    sources = warmstart.sources(storage, stores.storage, settings.warm_start)
     experiment_id = tracker.experiment(settings.name, list(study_file.space))
     parent_run_id = tracker.start_study_run(
         experiment_id, settings.name, {keys.STUDY_FILE_TAG: study_file.path.name}
@@ -117,9 +127,21 @@ def launch(
         raise SweepError(
             f"study {settings.name!r} was just created elsewhere"
         ) from None
-    target = n_trials or settings.n_trials
+    imports = [
+        warmstart.collect(source, study_file, space.distributions(study_file))
+        for source in sources
+    ]
+    imported = [trial for i in imports for trial in i.trials]
+    # Before the baselines: the imported trials are numbered first.
+    study.add_trials(imported)
+    note = None
+    if imports:
+        note = warmstart.describe(imports)
+        study.set_user_attr(keys.IMPORTED_ATTR, len(imported))
+        tracker.client.set_tag(parent_run_id, keys.WARM_START_TAG, note)
+    target = (n_trials or settings.n_trials) + len(imported)
     _record(study, study_file, target, experiment_id, parent_run_id)
-    return Session(study, study_file, tracker, target, stores.storage)
+    return Session(study, study_file, tracker, target, stores.storage, note)
 
 
 def _record(
@@ -206,6 +228,9 @@ def _open(
     )
     study.pruner = space.make_pruner(launched.study, launched.training)
     target = study.user_attrs.get(keys.TARGET_ATTR, launched.study.n_trials)
+    # Trials a warm start imported are not among the `n_trials` asked for.
+    if n_trials is not None:
+        n_trials += study.user_attrs.get(keys.IMPORTED_ATTR, 0)
     if n_trials is not None and n_trials > target:
         target = n_trials
         study.set_user_attr(keys.TARGET_ATTR, target)

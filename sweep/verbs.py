@@ -98,14 +98,24 @@ class RunOptions:
     deadline: float | None = None
 
 
-def launch(path: Path, options: RunOptions, join: bool = False) -> int:
+def launch(
+    path: Path, options: RunOptions, join: bool = False, warm_start: list[str] = ()
+) -> int:
     """`sweep launch`: creates the study from its file and runs it to its target.
+
+    Args:
+        path: The study file.
+        options: How to run it.
+        join: Join the study if it exists (launched from the same file).
+        warm_start: Studies to start from, besides the file's `warm_start`.
 
     Returns:
         The exit code (130 when interrupted).
     """
     started = time.time()
     study_file = config_module.load_study(path)
+    if warm_start:
+        study_file = config_module.with_warm_start(study_file, warm_start)
     home = Home.from_environment()
     stores = resolve_stores(home, options.storage, options.tracking_uri)
     # Servers that cannot be reached are told before the data is built.
@@ -121,9 +131,12 @@ def launch(path: Path, options: RunOptions, join: bool = False) -> int:
         max_retries=options.max_retries,
     )
     settings, training = study_file.study, study_file.training
+    if session.warm_start:
+        print(session.warm_start)
     print(
-        f"study {settings.name!r}: {session.target} trials of {training.epochs} "
-        f"epochs, sampler {settings.sampler}, pruner {settings.pruner}"
+        f"study {settings.name!r}: {session.target - session.imported} trials of "
+        f"{training.epochs} epochs, sampler {settings.sampler}, pruner "
+        f"{settings.pruner}"
     )
     return _work(session, stores, home, features, options, started)
 

@@ -264,10 +264,11 @@ def test_two_workers_share_the_study_exactly_across_server_restarts(
     assert f"study stack: {stack.mlflow_url}/#/experiments/" in ui.stdout
 
 
-def test_delete_removes_a_study_from_the_stack(
+def test_warm_start_and_delete_on_the_stack(
     stack, tmp_path, monkeypatch, synthetic_folder, synthetic_home
 ):
-    """`sweep delete` against PostgreSQL and the MLflow server; the name is free."""
+    """A study warm-started from another, then `sweep delete`, against
+    PostgreSQL and the MLflow server; the deleted name launches again."""
     path = tmp_path / "gone.toml"
     text = STUDY.split("[confirm]")[0].replace('name = "stack"', 'name = "gone"')
     path.write_text(text.replace(f"n_trials = {N_TRIALS}", "n_trials = 1"))
@@ -285,6 +286,20 @@ def test_delete_removes_a_study_from_the_stack(
     assert len(run_ids) == 2
     assert any(list(stack.artifacts.rglob(f"{r}/artifacts/*")) for r in run_ids)
 
+    # A second study starts from the first one's finished trial.
+    warm = tmp_path / "warm.toml"
+    warm.write_text(path.read_text().replace('name = "gone"', 'name = "warm"'))
+    started = run_sweep("launch", str(warm), "--warm-start", "gone", *stores, *data,
+                        env=env)  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    assert "warm start: 1 finished trials imported from 'gone' (1)" in started.stdout
+    source = optuna.load_study(study_name="gone", storage=stack.worker_storage)
+    trials = optuna.load_study(study_name="warm", storage=stack.worker_storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert trials[0].user_attrs["sweep.imported_from"] == {"study": "gone", "trial": 0}
+    assert trials[0].user_attrs[RUN_ID_ATTR] == source.trials[0].user_attrs[RUN_ID_ATTR]
+    assert trials[0].value == source.trials[0].value
+
     deleted = run_sweep("delete", "gone", "--yes", *stores, env=env)
     assert deleted.returncode == 0, deleted.stderr
     assert "gone" not in optuna.get_all_study_names(stack.worker_storage)
@@ -295,3 +310,7 @@ def test_delete_removes_a_study_from_the_stack(
     assert "gone" not in run_sweep("status", "--storage", stack.worker_storage).stdout
     again = run_sweep("launch", str(path), *stores, *data, env=env)
     assert again.returncode == 0, again.stderr
+    for name in ("gone", "warm"):
+        assert run_sweep("delete", name, "--yes", *stores, env=env).returncode == 0
+    left = set(optuna.get_all_study_names(stack.worker_storage))
+    assert left.isdisjoint({"gone", "warm"}), left
