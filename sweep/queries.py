@@ -38,6 +38,7 @@ def trial_record(trial: FrozenTrial) -> dict:
         "best_epoch": attrs.get(keys.BEST_EPOCH_ATTR),
         "pruned_at_epoch": attrs.get(keys.PRUNED_AT_ATTR),
         "baseline": bool(attrs.get(keys.BASELINE_ATTR)),
+        "imported_from": attrs.get(keys.IMPORTED_FROM_ATTR),
         "fail_reason": attrs.get(keys.FAIL_REASON_ATTR),
         "mlflow_run_id": attrs.get(keys.RUN_ID_ATTR),
         "datetime_start": _iso(trial.datetime_start),
@@ -141,7 +142,7 @@ def render(records: list[dict], fmt: str) -> str:
 
 _COLUMNS = [
     "number", "state", *params.NAMES, "value", "best_epoch", "pruned_at_epoch",
-    "baseline", "fail_reason", "mlflow_run_id", "datetime_start",
+    "baseline", "imported_from", "fail_reason", "mlflow_run_id", "datetime_start",
     "datetime_complete",
 ]  # fmt: skip
 
@@ -149,4 +150,6 @@ _COLUMNS = [
 def _flat(record: dict) -> dict:
     flat = {k: v for k, v in record.items() if k != "params"}
     flat.update(record["params"])
+    source = record["imported_from"]
+    flat["imported_from"] = f"{source['study']}#{source['trial']}" if source else None
     return flat

@@ -6,6 +6,8 @@ a trial -> the `TrainConfig` it trains.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import optuna
 
@@ -85,7 +87,12 @@ def make_sampler(
         seed = int(np.random.SeedSequence([seed, offset, worker]).generate_state(1)[0])
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    # Workers on other processes or machines may join any study: TPE then
+    # counts their running trials as bad results, instead of proposing the
+    # point they are training (benchmarks/parallel_tpe.py).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def make_pruner(

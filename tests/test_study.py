@@ -227,6 +227,16 @@ def test_resumed_and_parallel_samplers_do_not_replay_proposals(sampler):
     assert first(make_sampler(settings, 4, 1)) != first(make_sampler(settings, 4, 0))
 
 
+def test_tpe_counts_running_trials_of_other_workers():
+    from sweep.config import StudySettings
+    from sweep.space import make_sampler
+
+    # Any study may gain workers (resume on another machine): TPE always
+    # treats their running trials as bad results (constant_liar).
+    sampler = make_sampler(StudySettings(name="x", n_trials=5, sampler="tpe"))
+    assert sampler._constant_liar is True  # noqa: SLF001  (no public getter)
+
+
 def test_an_upload_that_keeps_failing_fails_its_trial_and_ends_its_run(
     tmp_path, synthetic_features, monkeypatch
 ):
