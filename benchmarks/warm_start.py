@@ -1,0 +1,170 @@
+"""Benchmark: does a warm-started study reach an earlier study's best sooner?
+
+    .venv/bin/python -m benchmarks.warm_start --source-home HOME [--seeds 7]
+        [--trials 40] [--out warm_start]
+
+HOME holds a finished run of the default study (`deep-retrieval`, e.g. a
+home `benchmarks.selection` left). For each seed, the default study (its
+search only: no `[confirm]`) is launched twice with that seed and `--trials`
+trials: cold, in a fresh home, and warm, in a copy of HOME with
+`[study] warm_start = ["deep-retrieval"]` (under another name). Counted for
+each: the new trials it ran until one reached the source study's best value
+(or none did), and its best new value after 10, 20 and all trials.
+Results go to `benchmarks/results/<--out>.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from sweep import keys
+
+RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).parent.parent
+STUDY = REPO / "studies" / "deep_retrieval.toml"
+SOURCE = "deep-retrieval"
+
+
+def _study_text(seed: int, trials: int, warm: bool) -> str:
+    text = STUDY.read_text().split("\n# After the search")[0].split("[confirm]")[0]
+    text = text.replace("seed = 42", f"seed = {seed}", 1)
+    text = text.replace("n_trials = 40", f"n_trials = {trials}", 1)
+    name = "warm" if warm else "cold"
+    text = text.replace(f'name = "{SOURCE}"', f'name = "{name}"', 1)
+    if warm:
+        text = text.replace(
+            'pruner = "median"', f'pruner = "median"\nwarm_start = ["{SOURCE}"]', 1
+        )
+    return text
+
+
+def _run(home: Path, text: str, data_home: Path) -> float:
+    """Launches the study file `text` in `home`; its minutes."""
+    for sub in ("cache", "downloads"):
+        if (data_home / sub).exists() and not (home / sub).exists():
+            (home / sub).symlink_to(data_home / sub)
+    path = home.parent / "study.toml"
+    path.write_text(text)
+    env = {**os.environ, "SWEEP_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    start = time.time()
+    with open(home.parent / "launch.log", "w") as log:
+        subprocess.run(
+            [str(REPO / ".venv" / "bin" / "sweep"), "launch", str(path),
+             "--data-source", "recbole"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+        )  # fmt: skip
+    return (time.time() - start) / 60
+
+
+def _curve(home: Path, name: str, target: float) -> dict:
+    """The new trials' running best, and when it first reached `target`."""
+    url = f"sqlite:///{home / 'optuna.db'}"
+    study = optuna.load_study(study_name=name, storage=url)
+    new = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if keys.IMPORTED_FROM_ATTR not in t.user_attrs
+    ]
+    best, running, reached = None, [], None
+    for count, trial in enumerate(new, 1):
+        if trial.state == TrialState.COMPLETE:
+            best = trial.value if best is None else max(best, trial.value)
+        running.append(best)
+        if reached is None and best is not None and best >= target:
+            reached = count
+    return {
+        "new_trials": len(new),
+        "imported": study.user_attrs.get(keys.IMPORTED_ATTR, 0),
+        "reached_after": reached,
+        "best_after": {n: running[n - 1] for n in (10, 20, len(new)) if n <= len(new)},
+    }
+
+
+def main() -> None:
+    """Runs the cold and warm studies per seed and writes the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source-home", type=Path, required=True)
+    parser.add_argument("--seeds", default="7")
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--out", default="warm_start")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data_home = Path(
+        os.environ.get("SWEEP_BENCH_DATA_HOME", str(REPO / ".sweep-bench"))
+    )
+    source = optuna.load_study(
+        study_name=SOURCE, storage=f"sqlite:///{args.source_home / 'optuna.db'}"
+    )
+    complete = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    target = max(t.value for t in complete)
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for warm in (False, True):
+            folder = Path(tempfile.mkdtemp(prefix=f"sweep-warm-{seed}-"))
+            home = folder / "home"
+            home.mkdir()
+            if warm:
+                for name in ("optuna.db", "mlflow.db"):
+                    # SQLite's backup: the copy holds what the WAL has too.
+                    with (
+                        sqlite3.connect(args.source_home / name) as src,
+                        sqlite3.connect(home / name) as dst,
+                    ):
+                        src.backup(dst)
+            print(f"seed {seed}: {'warm' if warm else 'cold'} in {folder}", flush=True)
+            minutes = _run(home, _study_text(seed, args.trials, warm), data_home)
+            row = {
+                "seed": seed,
+                "warm": warm,
+                "minutes": minutes,
+                "folder": str(folder),
+                **_curve(home, "warm" if warm else "cold", target),
+            }
+            rows.append(row)
+            print(row, flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    result = {"source_best": target, "source_trials": len(source.trials), "runs": rows}
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{args.out}.md").write_text(_markdown(result))
+    print(_markdown(result))
+
+
+def _markdown(result: dict) -> str:
+    lines = [
+        f"Source: the default study, {result['source_trials']} trials, best "
+        f"{result['source_best']:.4f}. New trials until one reached it; the best "
+        "new value after 10, 20 and all new trials.",
+        "",
+        "| seed | start | imported | new trials | reached source best after | "
+        "best @10 | best @20 | best @all | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        after = r["best_after"]
+
+        def shown(n, after=after):
+            value = after.get(str(n), after.get(n))
+            return f"{value:.4f}" if value is not None else "-"
+
+        lines.append(
+            f"| {r['seed']} | {'warm' if r['warm'] else 'cold'} | {r['imported']} | "
+            f"{r['new_trials']} | {r['reached_after'] or 'not reached'} | "
+            f"{shown(10)} | {shown(20)} | {shown(r['new_trials'])} | "
+            f"{r['minutes']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
