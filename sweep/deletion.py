@@ -26,6 +26,8 @@ import datetime
 import shutil
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -161,10 +163,17 @@ def delete(stores: Stores, deletion: Plan) -> None:
         SweepError: A store refused (the study stays, to delete again).
     """
     tracker = open_tracker(stores)
-    if deletion.versions and deletion.models:
-        tracker.client.delete_registered_model(deletion.name)
-    if deletion.experiment_id is not None:
-        _delete_experiment(tracker, stores, deletion)
+    try:
+        if deletion.versions and deletion.models:
+            tracker.client.delete_registered_model(deletion.name)
+        if deletion.experiment_id is not None:
+            _delete_experiment(tracker, stores, deletion)
+    except MlflowException as e:
+        raise SweepError(
+            f"MLflow refused to delete study {deletion.name!r}'s runs or models "
+            f"({servers.one_line(e)[:300]}); the study is kept: run `sweep delete "
+            f"{deletion.name}` again as a user allowed to manage its experiment"
+        ) from None
     for folder in deletion.checkpoints:
         shutil.rmtree(folder, ignore_errors=True)
     # The confirmation stage first: a study without it is still a study.
@@ -188,10 +197,10 @@ def _delete_experiment(tracker: Tracker, stores: Stores, deletion: Plan) -> None
             repository.delete_artifacts()
         except FileNotFoundError:
             pass  # nothing was logged, or a deletion cut short removed them
-        uri = run.info.artifact_uri
-        if uri.startswith("file://"):
+        folder = _local_path(run.info.artifact_uri)
+        if folder is not None:
             # The run's own folder, which holds its `artifacts/`, on this disk.
-            shutil.rmtree(Path(uri.removeprefix("file://")).parent, ignore_errors=True)
+            shutil.rmtree(folder.parent, ignore_errors=True)
     experiment = client.get_experiment(experiment_id)
     if experiment.name == deletion.name:
         # A deleted experiment keeps its name taken; this one no longer needs it.
@@ -204,10 +213,18 @@ def _delete_experiment(tracker: Tracker, stores: Stores, deletion: Plan) -> None
     if is_server(stores.tracking_uri) or (deletion.versions and not deletion.models):
         return
     _collect(stores.tracking_uri, experiment_id)
-    location = experiment.artifact_location
-    if location.startswith("file://"):
+    folder = _local_path(experiment.artifact_location)
+    if folder is not None:
         # The experiment's own folder (its logged models' files, now unused).
-        shutil.rmtree(Path(location.removeprefix("file://")), ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _local_path(uri: str) -> Path | None:
+    """The folder a `file://` artifact URI names (None for any other scheme)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme != "file":
+        return None
+    return Path(urllib.request.url2pathname(parsed.path))
 
 
 def _collect(tracking_uri: str, experiment_id: str) -> None:
