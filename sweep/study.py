@@ -140,7 +140,8 @@ def launch(
         study.set_user_attr(keys.IMPORTED_ATTR, len(imported))
         tracker.client.set_tag(parent_run_id, keys.WARM_START_TAG, note)
     target = (n_trials or settings.n_trials) + len(imported)
-    _record(study, study_file, target, experiment_id, parent_run_id)
+    _record(study, study_file, target, experiment_id, parent_run_id,
+            ran=[t.params for t in imported])  # fmt: skip
     return Session(study, study_file, tracker, target, stores.storage, note)
 
 
@@ -150,8 +151,13 @@ def _record(
     target: int,
     experiment_id: str,
     parent_run_id: str,
+    ran: Sequence[dict] = (),
 ) -> None:
-    """Keeps a new study's file, target and MLflow ids; queues its baselines."""
+    """Keeps a new study's file, target and MLflow ids; queues its baselines.
+
+    A baseline among `ran` (the params of trials a warm start imported) is
+    not queued: its result is already in the study.
+    """
     study.set_user_attr(keys.STUDY_FILE_ATTR, study_file.text)
     study.set_user_attr(keys.TARGET_ATTR, target)
     study.set_user_attr(keys.EXPERIMENT_ATTR, experiment_id)
@@ -159,7 +165,8 @@ def _record(
     if study_file.confirm is not None:
         study.set_user_attr(keys.CONFIRM_PLAN_ATTR, study_file.confirm.as_attr())
     for baseline in study_file.baselines:
-        study.enqueue_trial(baseline, user_attrs={keys.BASELINE_ATTR: True})
+        if baseline not in ran:
+            study.enqueue_trial(baseline, user_attrs={keys.BASELINE_ATTR: True})
 
 
 def resume(

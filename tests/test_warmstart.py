@@ -18,11 +18,16 @@ OLD_SPACE = {
 }
 
 
-def _file(tmp_path, name, rates="0.05, 0.1", extra=""):
+def _file(tmp_path, name, rates="0.05, 0.1", baselines=""):
     path = tmp_path / f"{name}.toml"
     path.write_text(STUDY.format(name=name, n_trials=2, sampler="tpe", rates=rates,
-                                 baselines="") + extra)  # fmt: skip
+                                 baselines=baselines))  # fmt: skip
     return path
+
+
+BASELINE = (
+    "[[baselines]]\ndepth = {}\nwidth = 8\nembedding_dim = 16\nlearning_rate = 0.05\n"
+)
 
 
 def _source(storage, name, text, trials):
@@ -66,7 +71,9 @@ def test_finished_trials_inside_the_space_are_imported(tmp_path, home):
     # Trained another way: nothing of it is imported.
     _source(storage, "longer", text.replace("epochs = 2", "epochs = 3"),
             [(0.40, TrialState.COMPLETE, _params(1, 0.05))])  # fmt: skip
-    new = config.load_study(_file(tmp_path, "new"))
+    # Two baselines: the first is an imported trial's configuration.
+    baselines = BASELINE.format(1) + BASELINE.format(2)
+    new = config.load_study(_file(tmp_path, "new", baselines=baselines))
     new = config.with_warm_start(new, ["old", "longer"])
     session = study.launch(new, home)
     assert session.warm_start == (
@@ -75,8 +82,12 @@ def test_finished_trials_inside_the_space_are_imported(tmp_path, home):
         "[data]"
     )
     trials = session.study.get_trials()
-    # The imported trials first, then the baselines' queue (none here).
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    # The imported trials first, then the baselines' queue: only the one
+    # whose result is not among them.
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING,
+    ]  # fmt: skip
+    assert trials[2].system_attrs["fixed_params"]["depth"] == 2
     first = trials[0]
     assert first.value == 0.30 and first.intermediate_values == {1: 0.1, 2: 0.30}
     assert first.user_attrs[keys.IMPORTED_FROM_ATTR] == {"study": "old", "trial": 0}
