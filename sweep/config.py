@@ -46,6 +46,7 @@ import dataclasses
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -600,7 +601,7 @@ def differences(old: Study, new: Study) -> str:
     return "; ".join(changes)
 
 
-def with_warm_start(study: Study, names: list[str]) -> Study:
+def with_warm_start(study: Study, names: Sequence[str]) -> Study:
     """`study` also warm-starting from `names` (`sweep launch --warm-start`).
 
     Raises:

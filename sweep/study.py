@@ -434,7 +434,8 @@ def run_trials(
         while True:
             if refill is not None:
                 # The plan grows when a finalist collapses (its replacement).
-                target = objective.target = bar.bar.total = refill()
+                target = objective.target = refill()
+                bar.retarget(target)
             # One read of the study per trial: each costs a query of the store.
             trials = study.get_trials(deepcopy=False)
             states = [t.state for t in trials]
@@ -500,6 +501,10 @@ class Progress:
         )
         self.enabled = enabled
         self.failures_in_a_row = 0
+
+    def retarget(self, target: int) -> None:
+        """Sets the finished trials aimed for (a confirmation plan that grew)."""
+        self.bar.total = target
 
     def write(self, line: str) -> None:
         """Prints a line above the bar."""

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,7 +100,7 @@ class RunOptions:
 
 
 def launch(
-    path: Path, options: RunOptions, join: bool = False, warm_start: list[str] = ()
+    path: Path, options: RunOptions, join: bool = False, warm_start: Sequence[str] = ()
 ) -> int:
     """`sweep launch`: creates the study from its file and runs it to its target.
 
