@@ -187,7 +187,7 @@ def _run_options(args: argparse.Namespace):
         storage=args.storage,
         tracking_uri=args.tracking_uri,
         server_wait=args.server_wait,
-        worker_index=getattr(args, "worker_index", 0),
+        worker_index=getattr(args, "worker_index", None),
         cpus=getattr(args, "cpus", None),
         timeout=getattr(args, "timeout", None),
         deadline=getattr(args, "deadline", None),
@@ -339,7 +339,7 @@ def _add_workers_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes on this machine, sharing its cores",
     )
     parser.add_argument(
-        "--worker-index", type=_non_negative_int, default=0, help=argparse.SUPPRESS
+        "--worker-index", type=_non_negative_int, help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--cpus",

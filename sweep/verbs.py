@@ -79,7 +79,8 @@ class RunOptions:
         storage: The Optuna storage URL (None: environment, then the home's).
         tracking_uri: The MLflow tracking URI (None: likewise).
         server_wait: Seconds to wait for a server that stopped answering.
-        worker_index: This process's index among a machine's workers.
+        worker_index: This process's index among the workers a `--workers N`
+            command started (None: not such a worker; it prints the summary).
         cpus: The cores this worker process is pinned to (None: all).
         timeout: Seconds after the command's start when no more trials start
             (None: the study file's `[study] timeout`, if any).
@@ -93,7 +94,7 @@ class RunOptions:
     storage: str | None = None
     tracking_uri: str | None = None
     server_wait: float = servers.DEFAULT_WAIT_SECONDS
-    worker_index: int = 0
+    worker_index: int | None = None
     cpus: list[int] | None = None
     timeout: float | None = None
     deadline: float | None = None
@@ -163,7 +164,7 @@ def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
         options.n_trials,
         study_file,
         options.max_retries,
-        options.worker_index,
+        options.worker_index or 0,
     )
     features = data.load(options.data_source, home=home, log=print)
     done = summary.finished_count(session.study)
@@ -249,7 +250,7 @@ def _work(
                 session,
                 features,
                 home.checkpoints,
-                progress=options.worker_index == 0,
+                progress=not options.worker_index,
                 max_retries=options.max_retries,
                 search=search,
                 deadline=deadline,
@@ -268,8 +269,8 @@ def _work(
                 file=sys.stderr,
             )
             return 130
-        if options.worker_index:
-            return 0
+        if options.worker_index is not None:
+            return 0  # the command that started the workers sums them up
     if deadline is not None and time.time() >= deadline and _unfinished(session):
         budget = summary.duration_text(_budget(session, options))
         print(

@@ -174,6 +174,8 @@ def test_four_workers_share_one_sqlite_study_exactly(tmp_path, spec, cached_home
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "database is locked" not in output
+    # The summary once, from the command that started the workers.
+    assert output.count("Browse the trials") == 1, output
     study = load(home, "par")
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 6
