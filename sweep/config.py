@@ -270,6 +270,17 @@ def load_study(path: str | Path) -> Study:
     return parse_study(text, path)
 
 
+def launched_file(name: str, text: str | None) -> Study:
+    """The study file study `name` was launched with, from the text it keeps.
+
+    Raises:
+        ConfigError: No text was kept (the study was not created by sweep).
+    """
+    if text is None:
+        raise ConfigError(f"study {name!r} was not created by sweep (no study file)")
+    return parse_study(text, Path(f"<study {name}>"))
+
+
 def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     """Validates a study file's text (see `load_study`)."""
     try:

@@ -214,12 +214,10 @@ def _open(
     """`resume` once the stores are open (`launch --join` has them open too)."""
     study = optuna.load_study(study_name=name, storage=storage)
     text = study.user_attrs.get(keys.STUDY_FILE_ATTR)
-    if text is None:
-        raise SweepError(f"study {name!r} was not created by sweep (no study file)")
     if study_file is not None and study_file.text == text:
         launched = study_file
     else:
-        launched = config_module.parse_study(text, Path(f"<study {name}>"))
+        launched = config_module.launched_file(name, text)
     changed = config_module.differences(launched, study_file) if study_file else ""
     if changed:
         raise SweepError(

@@ -342,9 +342,7 @@ def enqueue(name: str, pairs: list[str], path: Path | None, storage: str | None)
         )
     study = _stored_study(name, storage)
     text = study.user_attrs.get(keys.STUDY_FILE_ATTR)
-    if text is None:
-        raise SweepError(f"study {name!r} was not created by sweep (no study file)")
-    space = config_module.parse_study(text, Path(f"<study {name}>")).space
+    space = config_module.launched_file(name, text).space
     if path is not None:
         configurations = config_module.load_configurations(path)
         sources = [

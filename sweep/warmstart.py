@@ -14,7 +14,6 @@ they do not count toward `n_trials`.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
@@ -98,9 +97,9 @@ def collect(
 def _trains_alike(source: optuna.Study, study_file: config_module.Study) -> bool:
     """Whether a source study's trials trained as the new study's will."""
     text = source.user_attrs.get(keys.STUDY_FILE_ATTR)
-    if text is None:
+    if text is None:  # not a sweep study: nothing says how it trained
         return False
-    old = config_module.parse_study(text, Path(f"<study {source.study_name}>"))
+    old = config_module.launched_file(source.study_name, text)
     return old.training == study_file.training and old.data == study_file.data
 
 
