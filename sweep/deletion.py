@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 import optuna
-from mlflow.entities import LifecycleStage, ViewType
+from mlflow.entities import Experiment, LifecycleStage, ViewType
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
@@ -49,8 +49,9 @@ class Plan:
         name: The study.
         studies: The Optuna studies: the study, and its confirmation stage.
         trials: Their trials, all states.
-        experiment_id: Its MLflow experiment, if it still has one.
-        runs: The experiment's runs.
+        tracker: The MLflow side, open.
+        experiment: Its MLflow experiment, if it still has one.
+        runs: The artifact URIs of the experiment's runs (deleted ones too).
         versions: Its registered model versions.
         models: Whether the registered versions go too.
         checkpoints: Its checkpoint folders on this machine.
@@ -59,8 +60,9 @@ class Plan:
     name: str
     studies: tuple[optuna.Study, ...]
     trials: int
-    experiment_id: str | None
-    runs: int
+    tracker: Tracker
+    experiment: Experiment | None
+    runs: tuple[str, ...]
     versions: tuple[str, ...]
     models: bool
     checkpoints: tuple[Path, ...]
@@ -68,8 +70,11 @@ class Plan:
     def describe(self) -> str:
         """One line: what goes, and what stays."""
         parts = [f"{self.trials} trials"]
-        if self.experiment_id is not None:
-            parts.append(f"MLflow experiment {self.experiment_id} ({self.runs} runs)")
+        if self.experiment is not None:
+            parts.append(
+                f"MLflow experiment {self.experiment.experiment_id} "
+                f"({len(self.runs)} runs)"
+            )
         if self.versions and self.models:
             parts.append(f"{len(self.versions)} registered model versions")
         if self.checkpoints:
@@ -113,41 +118,41 @@ def plan(stores: Stores, checkpoints: Path, name: str, models: bool) -> Plan:
                 "or wait for it to end, then delete"
             )
     tracker = open_tracker(stores)
-    experiment_id, runs = _experiment(tracker, study)
+    experiment = _experiment(tracker, study)
+    runs = () if experiment is None else _artifact_uris(tracker, experiment)
     versions = _versions(tracker, name)
     folders = tuple(
         checkpoints / one.study_name
         for one in studies
         if (checkpoints / one.study_name).is_dir()
     )
-    return Plan(name, tuple(studies), trials, experiment_id, runs, versions, models,
-                folders)  # fmt: skip
+    return Plan(name, tuple(studies), trials, tracker, experiment, runs, versions,
+                models, folders)  # fmt: skip
 
 
-def _experiment(tracker: Tracker, study: optuna.Study) -> tuple[str | None, int]:
-    """The study's MLflow experiment (if it still has one) and its run count."""
+def _experiment(tracker: Tracker, study: optuna.Study) -> Experiment | None:
+    """The study's MLflow experiment, if it still has one."""
     experiment_id = study.user_attrs.get(keys.EXPERIMENT_ATTR)
     if experiment_id is None:
-        return None, 0
+        return None
     try:
-        tracker.client.get_experiment(experiment_id)
+        return tracker.client.get_experiment(experiment_id)
     except MlflowException:
-        return None, 0  # removed by a deletion cut short
-    return experiment_id, len(_runs(tracker, experiment_id))
+        return None  # removed by a deletion cut short
 
 
-def _runs(tracker: Tracker, experiment_id: str) -> list:
-    """Every run of the experiment, deleted ones included."""
-    runs, token = [], None
+def _artifact_uris(tracker: Tracker, experiment: Experiment) -> tuple[str, ...]:
+    """The artifact URI of every run of the experiment, deleted ones included."""
+    uris, token = [], None
     while True:
         page = tracker.client.search_runs(
-            [experiment_id], run_view_type=ViewType.ALL, max_results=1000,
-            page_token=token,
+            [experiment.experiment_id], run_view_type=ViewType.ALL,
+            max_results=1000, page_token=token,
         )  # fmt: skip
-        runs += list(page)
+        uris += [run.info.artifact_uri for run in page]
         token = page.token
         if not token:
-            return runs
+            return tuple(uris)
 
 
 def _versions(tracker: Tracker, name: str) -> tuple[str, ...]:
@@ -162,12 +167,11 @@ def delete(stores: Stores, deletion: Plan) -> None:
     Raises:
         SweepError: A store refused (the study stays, to delete again).
     """
-    tracker = open_tracker(stores)
     try:
         if deletion.versions and deletion.models:
-            tracker.client.delete_registered_model(deletion.name)
-        if deletion.experiment_id is not None:
-            _delete_experiment(tracker, stores, deletion)
+            deletion.tracker.client.delete_registered_model(deletion.name)
+        if deletion.experiment is not None:
+            _delete_experiment(stores, deletion)
     except MlflowException as e:
         raise SweepError(
             f"MLflow refused to delete study {deletion.name!r}'s runs or models "
@@ -181,27 +185,25 @@ def delete(stores: Stores, deletion: Plan) -> None:
         optuna.delete_study(study_name=one.study_name, storage=one._storage)  # noqa: SLF001
 
 
-def _delete_experiment(tracker: Tracker, stores: Stores, deletion: Plan) -> None:
+def _delete_experiment(stores: Stores, deletion: Plan) -> None:
     """Deletes the runs' artifacts, frees the experiment's name, deletes it."""
     from mlflow.store.artifact.artifact_repository_registry import (
         get_artifact_repository,
     )
 
-    client = tracker.client
-    experiment_id = deletion.experiment_id
-    for run in _runs(tracker, experiment_id):
-        repository = get_artifact_repository(
-            run.info.artifact_uri, tracking_uri=stores.tracking_uri
-        )
+    client = deletion.tracker.client
+    experiment = deletion.experiment
+    experiment_id = experiment.experiment_id
+    for uri in deletion.runs:
+        repository = get_artifact_repository(uri, tracking_uri=stores.tracking_uri)
         try:
             repository.delete_artifacts()
         except FileNotFoundError:
             pass  # nothing was logged, or a deletion cut short removed them
-        folder = _local_path(run.info.artifact_uri)
+        folder = _local_path(uri)
         if folder is not None:
             # The run's own folder, which holds its `artifacts/`, on this disk.
             shutil.rmtree(folder.parent, ignore_errors=True)
-    experiment = client.get_experiment(experiment_id)
     if experiment.name == deletion.name:
         # A deleted experiment keeps its name taken; this one no longer needs it.
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
