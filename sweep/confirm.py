@@ -145,7 +145,13 @@ def open_companion(
         )
 
 
-def queue(study: optuna.Study, companion: optuna.Study, plan: Plan, seed: int) -> int:
+def queue(
+    study: optuna.Study,
+    companion: optuna.Study,
+    plan: Plan,
+    seed: int,
+    runs: list[FrozenTrial] | None = None,
+) -> int:
     """Queues every (finalist, seed) run of the plan not queued or run yet.
 
     Called again as runs finish: a finalist that collapsed gets no more runs,
@@ -153,6 +159,13 @@ def queue(study: optuna.Study, companion: optuna.Study, plan: Plan, seed: int) -
     several workers at once: a run queued twice is dropped when it starts
     (`duplicate_of`), and so is one of a finalist that has collapsed since it
     was queued (`collapsed`).
+
+    Args:
+        study: The search study.
+        companion: Its confirmation study.
+        plan: How many finalists, how many seeds.
+        seed: The study seed.
+        runs: The companion's trials, if just read (else they are read here).
 
     Returns:
         The number of complete runs the plan needs so far (the companion
@@ -164,7 +177,8 @@ def queue(study: optuna.Study, companion: optuna.Study, plan: Plan, seed: int) -
     from sweep import space  # the training stack: not for `sweep status`
 
     trials = study.get_trials(deepcopy=False)
-    runs = companion.get_trials(deepcopy=False)
+    if runs is None:
+        runs = companion.get_trials(deepcopy=False)
     chosen = _plan(trials, runs, plan)
     check_confirmable(study.study_name, [f.trial for f in chosen])
     taken = {space.trial_seed(seed, t.number) for t in trials}

@@ -364,8 +364,8 @@ def _confirm(
     retries.fail_orphaned_trials(companion, session.tracker, max_retries)
     settings = session.study_file.study
 
-    def queue() -> int:
-        return confirm.queue(study, companion, plan, settings.seed)
+    def queue(runs: list[FrozenTrial] | None = None) -> int:
+        return confirm.queue(study, companion, plan, settings.seed, runs)
 
     target = queue()
     if progress:
@@ -394,7 +394,7 @@ def run_trials(
     target: int,
     progress: bool = True,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
-    refill: Callable[[], int] | None = None,
+    refill: Callable[[list[FrozenTrial]], int] | None = None,
     deadline: float | None = None,
 ) -> bool:
     """Runs trials, one at a time, until the study holds `target` finished trials.
@@ -414,9 +414,10 @@ def run_trials(
         target: The finished trials to reach.
         progress: Show a progress bar and one line per trial.
         callbacks: Optuna trial callbacks (after the progress line).
-        refill: Queues the trials still to run and returns the target, for a
-            study whose every trial is queued (confirmation runs): called
-            before each trial starts, so that nothing is ever sampled.
+        refill: Given the study's trials, queues those still to run and
+            returns the target, for a study whose every trial is queued
+            (confirmation runs): called before each trial starts, so that
+            nothing is ever sampled.
         deadline: No trial starts after this `time.time()`.
 
     Returns:
@@ -430,12 +431,13 @@ def run_trials(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         while True:
-            if refill is not None:
-                # The plan grows when a finalist collapses (its replacement).
-                target = objective.target = refill()
-                bar.retarget(target)
             # One read of the study per trial: each costs a query of the store.
             trials = study.get_trials(deepcopy=False)
+            if refill is not None:
+                # The plan grows when a finalist collapses (its replacement);
+                # what it queues now is seen on the next pass.
+                target = objective.target = refill(trials)
+                bar.retarget(target)
             states = [t.state for t in trials]
             done = sum(state in keys.FINISHED for state in states)
             values = [t.value for t in trials if t.state == TrialState.COMPLETE]
