@@ -390,15 +390,18 @@ def _timeout(read: _Reader, value) -> float | None:
 
 def _warm_start(read: _Reader, value, name: str) -> tuple[str, ...]:
     """`[study] warm_start`: names of other studies."""
-    if not isinstance(value, list) or not all(
-        isinstance(v, str) and _NAME.fullmatch(v) and v != name for v in value
-    ):
+    if not isinstance(value, list) or not all(_other_study(v, name) for v in value):
         raise read.fail(
             "[study] warm_start",
             value,
             'a list of names of other studies, such as ["old-study"]',
         )
     return tuple(dict.fromkeys(value))
+
+
+def _other_study(value, name: str) -> bool:
+    """Whether `value` is a study name, and not `name` (the study's own)."""
+    return isinstance(value, str) and bool(_NAME.fullmatch(value)) and value != name
 
 
 def is_test_fraction(value) -> bool:
@@ -619,7 +622,7 @@ def with_warm_start(study: Study, names: Sequence[str]) -> Study:
         ConfigError: A name is not a study name, or is the study's own.
     """
     for name in names:
-        if not _NAME.fullmatch(name) or name == study.study.name:
+        if not _other_study(name, study.study.name):
             raise ConfigError(
                 f"--warm-start {name!r}: expected the name of another study "
                 f"than {study.study.name!r} (letters, digits, '.', '_' or '-')"
