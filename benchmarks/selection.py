@@ -59,9 +59,6 @@ def _launch(
     folder = Path(tempfile.mkdtemp(prefix=f"sweep-selection-{seed}-"))
     home = folder / "home"
     home.mkdir()
-    for sub in ("cache", "downloads"):
-        if (data_home / sub).exists():
-            (home / sub).symlink_to(data_home / sub)
     default = load_study(STUDY)
     text = STUDY.read_text().replace(
         f"seed = {default.study.seed}", f"seed = {seed}", 1
@@ -75,18 +72,34 @@ def _launch(
         plan = default.confirm
         text = text.replace(f"finalists = {plan.finalists}", f"finalists = {finalists}")
         text = text.replace(f"seeds = {plan.seeds}", f"seeds = {seeds}")
-    study_file = folder / "deep_retrieval.toml"
+    start, end = launch_text(home, text, data_home)
+    return folder, start, end
+
+
+def launch_text(home: Path, text: str, data_home: Path) -> tuple[float, float]:
+    """`sweep launch` of the study file `text` in the sweep home `home`.
+
+    The home shares `data_home`'s data cache; the study file
+    (`deep_retrieval.toml`) and the output (`launch.log`) go beside the home.
+
+    Returns:
+        When the launch started and ended (`time.time()`).
+    """
+    for sub in ("cache", "downloads"):
+        if (data_home / sub).exists() and not (home / sub).exists():
+            (home / sub).symlink_to(data_home / sub)
+    study_file = home.parent / "deep_retrieval.toml"
     study_file.write_text(text)
     env = {**os.environ, "SWEEP_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     start = time.time()
-    with open(folder / "launch.log", "w") as log:
+    with open(home.parent / "launch.log", "w") as log:
         subprocess.run(
             [str(REPO / ".venv" / "bin" / "sweep"), "launch", str(study_file),
              "--data-source", "recbole"],
             env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
         )  # fmt: skip
-    return folder, start, time.time()
+    return start, time.time()
 
 
 def _retrain(values: dict, seeds: list[int], features, training) -> list[float]:

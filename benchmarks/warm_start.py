@@ -19,14 +19,13 @@ import argparse
 import json
 import os
 import sqlite3
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from benchmarks.selection import launch_text
 from sweep import keys
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,25 +45,6 @@ def _study_text(seed: int, trials: int, warm: bool) -> str:
             'pruner = "median"', f'pruner = "median"\nwarm_start = ["{SOURCE}"]', 1
         )
     return text
-
-
-def _run(home: Path, text: str, data_home: Path) -> float:
-    """Launches the study file `text` in `home`; its minutes."""
-    for sub in ("cache", "downloads"):
-        if (data_home / sub).exists() and not (home / sub).exists():
-            (home / sub).symlink_to(data_home / sub)
-    path = home.parent / "study.toml"
-    path.write_text(text)
-    env = {**os.environ, "SWEEP_HOME": str(home)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    start = time.time()
-    with open(home.parent / "launch.log", "w") as log:
-        subprocess.run(
-            [str(REPO / ".venv" / "bin" / "sweep"), "launch", str(path),
-             "--data-source", "recbole"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
-        )  # fmt: skip
-    return (time.time() - start) / 60
 
 
 def _curve(home: Path, name: str, target: float) -> dict:
@@ -123,7 +103,10 @@ def main() -> None:
                     ):
                         src.backup(dst)
             print(f"seed {seed}: {'warm' if warm else 'cold'} in {folder}", flush=True)
-            minutes = _run(home, _study_text(seed, args.trials, warm), data_home)
+            start, end = launch_text(
+                home, _study_text(seed, args.trials, warm), data_home
+            )
+            minutes = (end - start) / 60
             row = {
                 "seed": seed,
                 "warm": warm,
