@@ -42,6 +42,7 @@ from pathlib import Path
 
 import optuna
 
+from sweep import data
 from sweep.config import load_study
 from sweep.space import make_pruner
 
@@ -65,10 +66,15 @@ TUNER_LABEL = "KerasTuner Hyperband (reference pipeline)"
 
 
 def _run(
-    pruner: str, workers: int, minutes: float, seed: int | None, data_home: Path
+    pruner: str,
+    workers: int,
+    minutes: float,
+    seed: int | None,
+    sampler: str | None,
+    data_home: Path,
 ) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"sweep-speed-{pruner}-{workers}-"))
-    start = _launch(folder, pruner, workers, minutes, seed, data_home)
+    start = _launch(folder, pruner, workers, minutes, seed, sampler, data_home)
     return _read(folder, start, pruner, workers, minutes)
 
 
@@ -78,6 +84,7 @@ def _launch(
     workers: int,
     minutes: float,
     seed: int | None,
+    sampler: str | None,
     data_home: Path,
 ) -> float:
     """Runs the sweep for `minutes`, then stops it as a user would; its start."""
@@ -95,6 +102,10 @@ def _launch(
         )
     if seed is not None:
         text = text.replace(f"seed = {_DEFAULT.study.seed}", f"seed = {seed}")
+    if sampler is not None:
+        text = text.replace(
+            f'sampler = "{_DEFAULT.study.sampler}"', f'sampler = "{sampler}"'
+        )
     study_file = folder / "deep_retrieval.toml"
     study_file.write_text(text)
     env = {**os.environ, "SWEEP_HOME": str(home)}
@@ -125,7 +136,8 @@ def _launch(
 
 def _read(folder: Path, start: float, pruner: str, workers: int, minutes: float):
     """The run's figures, read back from its Optuna storage."""
-    seed = load_study(folder / "deep_retrieval.toml").study.seed
+    settings = load_study(folder / "deep_retrieval.toml").study
+    seed = settings.seed
     study = optuna.load_study(
         study_name="deep-retrieval",
         storage=f"sqlite:///{folder / 'home' / 'optuna.db'}",
@@ -161,6 +173,7 @@ def _read(folder: Path, start: float, pruner: str, workers: int, minutes: float)
             continue
         states[t.state.name] = states.get(t.state.name, 0) + 1
     return {
+        "sampler": settings.sampler,
         "pruner": pruner,
         "workers": workers,
         "minutes": minutes,
@@ -191,6 +204,12 @@ def main() -> None:
         "the study's own",
     )
     parser.add_argument(
+        "--samplers",
+        default="",
+        help="samplers (e.g. tpe,tpe-multivariate,cmaes,qmc): every run once per "
+        "sampler and seed, in place of the study's own",
+    )
+    parser.add_argument(
         "--out", default="sweep_speed", help="results file name, without suffix"
     )
     parser.add_argument(
@@ -206,6 +225,8 @@ def main() -> None:
     data_home = Path(
         os.environ.get("SWEEP_BENCH_DATA_HOME", str(REPO / ".sweep-bench"))
     )
+    # The data cache every run's home links to, built once before any clock.
+    data.load("recbole", home=data_home, log=print)
     runs = []
     for spec in args.read:
         spec, folder = spec.split("=")
@@ -213,24 +234,41 @@ def main() -> None:
         start = (Path(folder) / "deep_retrieval.toml").stat().st_mtime
         runs.append(_read(Path(folder), start, pruner, int(workers), float(minutes)))
     seeds = [int(s) for s in filter(None, args.seeds.split(","))] or [None]
+    samplers = list(filter(None, args.samplers.split(","))) or [None]
+    # Seed by seed, so that a run cut short still compares whole seeds; the
+    # results are written after every run.
     for seed in seeds:
-        for spec in filter(None, args.runs.split(",")):
-            pruner, workers, *minutes = spec.split(":")
-            minutes = float(minutes[0]) if minutes else args.minutes
-            print(f"pruner {pruner}, {workers} worker(s), {minutes} min", flush=True)
-            result = _run(pruner, int(workers), minutes, seed, data_home)
-            print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
-            runs.append(result)
+        for sampler in samplers:
+            for spec in filter(None, args.runs.split(",")):
+                pruner, workers, *minutes = spec.split(":")
+                minutes = float(minutes[0]) if minutes else args.minutes
+                print(
+                    f"sampler {sampler or 'study'}, seed {seed or 'study'}, pruner "
+                    f"{pruner}, {workers} worker(s), {minutes} min",
+                    flush=True,
+                )
+                result = _run(pruner, int(workers), minutes, seed, sampler, data_home)
+                print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
+                runs.append(result)
+                _write(runs, args.out)
+    _write(runs, args.out)
+    print("\n" + (RESULTS / f"{args.out}.md").read_text())
+
+
+def _write(runs: list[dict], out: str) -> None:
+    """The table, the pruning and sampler comparisons, the JSON and the plot."""
     marks = [m for m in MARKS if any(m <= r["minutes"] for r in runs)]
     head = (
-        "| pruner | workers | seed | minutes | trials (complete/pruned/failed) "
+        "| sampler | pruner | workers | seed | minutes "
+        "| trials (complete/pruned/failed) "
         f"| to beat 0.33 (s) | to beat {HIGHER} (s) | to beat the baselines (s) | "
         + " | ".join(f"best at {m} min" for m in marks)
         + " |\n|"
-        + "---|" * (8 + len(marks))
+        + "---|" * (9 + len(marks))
         + "\n"
     )
     rows = "".join(
+        f"| {r.get('sampler', _DEFAULT.study.sampler)} "
         f"| {r['pruner']} | {r['workers']} | {r['seed']} | {r['minutes']:g} "
         f"| {r['trials'].get('COMPLETE', 0)}/"
         f"{r['trials'].get('PRUNED', 0)}/{r['trials'].get('FAIL', 0)} "
@@ -242,19 +280,73 @@ def main() -> None:
         for r in runs
     )
     tuner = (
-        f"| {TUNER_LABEL} | 1 | - | 30 | 179 | - | - | - | "
+        f"| {TUNER_LABEL} | - | 1 | - | 30 | 179 | - | - | - | "
         + " | ".join(_fmt(KERAS_TUNER[m]) for m in marks)
         + " |\n"
     )
     text = (
         "Sweep speed, studies/deep_retrieval.toml (a best-at mark past a run's "
-        "minutes is -):\n\n" + head + rows + tuner + _pruning(runs)
+        "minutes is -):\n\n"
+        + head
+        + rows
+        + tuner
+        + _pruning(runs)
+        + _samplers(runs, marks)
     )
-    print("\n" + text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.md").write_text(text)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(runs, indent=2))
-    _plot(runs, RESULTS / f"{args.out}.png")
+    (RESULTS / f"{out}.md").write_text(text)
+    (RESULTS / f"{out}.json").write_text(json.dumps(runs, indent=2))
+    _plot(runs, RESULTS / f"{out}.png")
+
+
+def _samplers(runs: list[dict], marks: list[int]) -> str:
+    """Each sampler's best at each mark, over the seeds every sampler ran.
+
+    Runs are grouped by pruner and workers; a sampler's mean is taken over the
+    seeds that all samplers of the group reached the mark in, and it is set
+    against the study's own sampler on those same seeds.
+    """
+    lines = []
+    own = _DEFAULT.study.sampler
+    for pruner, workers in sorted({(r["pruner"], r["workers"]) for r in runs}):
+        group = [r for r in runs if (r["pruner"], r["workers"]) == (pruner, workers)]
+        names = sorted({r.get("sampler", own) for r in group})
+        if len(names) < 2:
+            continue
+        for m in marks:
+            best = {
+                (r.get("sampler", own), r["seed"]): r["best_at_minutes"].get(m)
+                for r in group
+            }
+            seeds = sorted(
+                seed
+                for seed in {r["seed"] for r in group}
+                if all(best.get((n, seed)) is not None for n in names)
+            )
+            if not seeds:
+                continue
+            for name in names:
+                values = [best[(name, seed)] for seed in seeds]
+                wins = sum(
+                    best[(name, seed)] > best[(own, seed)]
+                    for seed in seeds
+                    if own in names
+                )
+                lines.append(
+                    f"| {pruner} | {workers} | {m} | {name} | {len(seeds)} "
+                    f"| {sum(values) / len(values):.4f} | {min(values):.4f} "
+                    f"| {max(values):.4f} "
+                    f"| {'-' if name == own or own not in names else wins} |\n"
+                )
+    if not lines:
+        return ""
+    return (
+        "\nSamplers, best val top-100 accuracy at each mark over the seeds every "
+        f"sampler of the row's pruner and workers reached it in (beats {own}: "
+        f"seeds where the sampler's best is above {own}'s):\n\n"
+        "| pruner | workers | minutes | sampler | seeds | mean best | min | max "
+        f"| beats {own} |\n|---|---|---|---|---|---|---|---|---|\n" + "".join(lines)
+    )
 
 
 def _pruning(runs: list[dict]) -> str:
@@ -313,6 +405,8 @@ def _plot(runs: list[dict], path: Path) -> None:
         seconds, best, _ = zip(*r["curve"], strict=True)
         minutes = [s / 60 for s in seconds] + [r["minutes"]]
         label = f"sweep, pruner {r['pruner']}, {r['workers']} worker(s)"
+        if r.get("sampler", _DEFAULT.study.sampler) != _DEFAULT.study.sampler:
+            label += f", {r['sampler']}"
         if r["seed"] != _DEFAULT.study.seed:
             label += f", seed {r['seed']}"
         axes.step(minutes, [*best, best[-1]], where="post", label=label)

@@ -9,7 +9,7 @@ n_trials = 40             # finished (complete + pruned) trials to reach
 timeout = "30m"           # optional: no trial starts after this (s, m or h)
 warm_start = ["old"]      # optional: start from these studies' finished trials
 seed = 42
-sampler = "tpe"           # tpe | random
+sampler = "tpe"           # tpe | tpe-multivariate | cmaes | qmc | random
 pruner = "median"         # none | median | hyperband
 
 [training]
@@ -53,7 +53,7 @@ from typing import Any
 from sweep import memory, params, servers
 from sweep.errors import ConfigError
 
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "tpe-multivariate", "cmaes", "qmc", "random")
 PRUNERS = ("none", "median", "hyperband")
 # Optuna's samplers and NumPy's global generator take 32-bit seeds only.
 SEED_MAX = 2**32 - 1

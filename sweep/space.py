@@ -87,12 +87,27 @@ def make_sampler(
         seed = int(np.random.SeedSequence([seed, offset, worker]).generate_state(1)[0])
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    # Workers on other processes or machines may join any study: TPE then
-    # counts their running trials as bad results, instead of proposing the
-    # point they are training (benchmarks/parallel_tpe.py).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        if settings.sampler == "qmc":
+            # Scrambled, so that the study seed picks the sequence.
+            return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+        if settings.sampler == "cmaes":
+            # CMA-ES models the integer and float parameters only; the
+            # categorical ones (width, embedding_dim) come from its
+            # independent sampler, which it would otherwise warn about on
+            # every trial.
+            return optuna.samplers.CmaEsSampler(
+                seed=seed, warn_independent_sampling=False
+            )
+        # Workers on other processes or machines may join any study: TPE then
+        # counts their running trials as bad results, instead of proposing the
+        # point they are training (benchmarks/parallel_tpe.py).
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            constant_liar=True,
+            multivariate=settings.sampler == "tpe-multivariate",
+        )
 
 
 def make_pruner(

@@ -94,8 +94,9 @@ BAD = {
         "[space] embedding_dim = (missing): expected { low = ..., high = ... }",
     ),
     "unknown sampler": (
-        ('sampler = "tpe"', 'sampler = "cmaes"'),
-        '[study] sampler = "cmaes": expected one of tpe, random',
+        ('sampler = "tpe"', 'sampler = "gp"'),
+        '[study] sampler = "gp": expected one of tpe, tpe-multivariate, cmaes, qmc, '
+        "random",
     ),
     "zero trials": (
         ("n_trials = 3", "n_trials = 0"),
