@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.sweep_speed [--minutes 30] [--runs on:1:30,off:2]
         [--seeds 1,2,3 --out sweep_speed_seeds]
+        [--samplers tpe,tpe-multivariate,cmaes,qmc --out sweep_samplers]
 
 Each run launches `studies/deep_retrieval.toml` (its baselines first, then TPE)
 with a fresh study in its own `SWEEP_HOME` (sharing the data cache; each run
@@ -22,7 +23,10 @@ is what 0.33 was on the reference's split (its baselines ended at 0.3216,
 0.2964 and 0.3072).
 
 `--seeds` runs every run once per study seed in place of the study's own, so
-that pruning's speed-up is not read off one sequence of trials. The seed steers
+that pruning's speed-up is not read off one sequence of trials; `--samplers`
+runs every run once per sampler (and seed) in place of the study's, and adds
+each sampler's mean best at each mark over the seeds, with the seeds on which
+it beat the study's own sampler. The seed steers
 the sampler and each trial's weights and batch order (the baselines' results
 change with it), not the data split. `--read` reads a run left on disk instead
 of launching it (`--runs ""` then only reads). Results go to
@@ -185,6 +189,9 @@ def _read(folder: Path, start: float, pruner: str, workers: int, minutes: float)
         "best_at_minutes": at,
         "best": best,
         "curve": curve,
+        # Every finished trial's value in completion order: the best within a
+        # number of trials, which the machine's speed does not move.
+        "values": [t.value for t in in_time],
     }
 
 
@@ -225,8 +232,9 @@ def main() -> None:
     data_home = Path(
         os.environ.get("SWEEP_BENCH_DATA_HOME", str(REPO / ".sweep-bench"))
     )
-    # The data cache every run's home links to, built once before any clock.
-    data.load("recbole", home=data_home, log=print)
+    if args.runs:
+        # The data cache every run's home links to, built before any clock.
+        data.load("recbole", home=data_home, log=print)
     runs = []
     for spec in args.read:
         spec, folder = spec.split("=")
@@ -300,53 +308,68 @@ def _write(runs: list[dict], out: str) -> None:
 
 
 def _samplers(runs: list[dict], marks: list[int]) -> str:
-    """Each sampler's best at each mark, over the seeds every sampler ran.
+    """Each sampler's best at each mark, set against the study's own sampler.
 
-    Runs are grouped by pruner and workers; a sampler's mean is taken over the
-    seeds that all samplers of the group reached the mark in, and it is set
-    against the study's own sampler on those same seeds.
+    Runs are grouped by pruner and workers. A mark is minutes since launch, or
+    each seed's first N finished trials (N the fewest any sampler finished on
+    that seed), which a slower or shared machine does not move. A sampler's
+    mean is over the seeds where every sampler of the group reached the mark.
     """
-    lines = []
     own = _DEFAULT.study.sampler
+    lines = []
     for pruner, workers in sorted({(r["pruner"], r["workers"]) for r in runs}):
         group = [r for r in runs if (r["pruner"], r["workers"]) == (pruner, workers)]
         names = sorted({r.get("sampler", own) for r in group})
-        if len(names) < 2:
+        if len(names) < 2 or own not in names:
             continue
-        for m in marks:
-            best = {
-                (r.get("sampler", own), r["seed"]): r["best_at_minutes"].get(m)
+        seeds = sorted({r["seed"] for r in group})
+        fewest = {
+            seed: min(len(r.get("values", [])) for r in group if r["seed"] == seed)
+            for seed in seeds
+        }
+        for mark in [*marks, "trials"]:
+            table = {
+                (r.get("sampler", own), r["seed"]): _figure(r, mark, fewest)
                 for r in group
             }
-            seeds = sorted(
+            full = [
                 seed
-                for seed in {r["seed"] for r in group}
-                if all(best.get((n, seed)) is not None for n in names)
-            )
-            if not seeds:
+                for seed in seeds
+                if all(table.get((name, seed)) is not None for name in names)
+            ]
+            if not full:
                 continue
+            label = (
+                f"{mark} min"
+                if mark != "trials"
+                else f"first {'/'.join(str(fewest[s]) for s in full)} trials"
+            )
             for name in names:
-                values = [best[(name, seed)] for seed in seeds]
-                wins = sum(
-                    best[(name, seed)] > best[(own, seed)]
-                    for seed in seeds
-                    if own in names
-                )
+                values = [table[(name, seed)] for seed in full]
+                wins = sum(table[(name, seed)] > table[(own, seed)] for seed in full)
                 lines.append(
-                    f"| {pruner} | {workers} | {m} | {name} | {len(seeds)} "
+                    f"| {pruner} | {workers} | {label} | {name} | {len(full)} "
                     f"| {sum(values) / len(values):.4f} | {min(values):.4f} "
-                    f"| {max(values):.4f} "
-                    f"| {'-' if name == own or own not in names else wins} |\n"
+                    f"| {max(values):.4f} | {'-' if name == own else wins} |\n"
                 )
     if not lines:
         return ""
     return (
-        "\nSamplers, best val top-100 accuracy at each mark over the seeds every "
-        f"sampler of the row's pruner and workers reached it in (beats {own}: "
-        f"seeds where the sampler's best is above {own}'s):\n\n"
-        "| pruner | workers | minutes | sampler | seeds | mean best | min | max "
+        "\nSamplers: the best val top-100 accuracy at each mark (minutes since "
+        "launch, or within each seed's first N finished trials, seed by seed), "
+        "over the seeds where every sampler of the row's pruner and workers "
+        f"reached it; beats {own}: on how many of them the sampler's best is "
+        f"above {own}'s:\n\n"
+        "| pruner | workers | mark | sampler | seeds | mean best | min | max "
         f"| beats {own} |\n|---|---|---|---|---|---|---|---|---|\n" + "".join(lines)
     )
+
+
+def _figure(run: dict, mark, fewest: dict) -> float | None:
+    """A run's best at `mark` minutes, or within its seed's `fewest` trials."""
+    if mark == "trials":
+        return max(run.get("values", [])[: fewest[run["seed"]]], default=None)
+    return run["best_at_minutes"].get(mark)
 
 
 def _pruning(runs: list[dict]) -> str:

@@ -449,6 +449,16 @@ def table(finalists: list[Finalist]) -> str:
     return "\n".join(lines)
 
 
+def confirmed_text(
+    number: int, trial_params: dict, mean: float, std: float, seeds: int
+) -> str:
+    """A confirmed configuration as the verbs print it: trial, params, mean +- std."""
+    return (
+        f"trial {number} ({params.text(trial_params)}), val top-100 {mean:.4f} "
+        f"+- {std:.4f} over {seeds} seeds"
+    )
+
+
 def champion_text(finalists: list[Finalist]) -> str | None:
     """One line naming the champion with its mean and spread, if there is one."""
     if not finalists:
@@ -463,10 +473,11 @@ def champion_text(finalists: list[Finalist]) -> str | None:
             return f"confirmation: {total} runs after the search, none finished"
         return f"confirmation: {runs} of {total} runs finished"
     line = (
-        f"confirmed champion: trial {best.trial.number} "
-        f"({params.text(best.trial.params)}), "
-        f"val top-100 {best.mean:.4f} +- {best.std:.4f} over {len(best.runs)} "
-        f"seeds (search {best.trial.value:.4f})"
+        "confirmed champion: "
+        + confirmed_text(
+            best.trial.number, best.trial.params, best.mean, best.std, len(best.runs)
+        )
+        + f" (search {best.trial.value:.4f})"
     )
     if best.test_mean is not None:
         line += f"; test top-100 {best.test_mean:.4f}"

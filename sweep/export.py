@@ -298,11 +298,17 @@ def _announce(name: str, choice: Choice, run_id: str | None) -> str:
     champion = choice.champion
     if champion is None:
         return f"exporting trial {choice.number} of study {name!r} (run {run_id})"
+    confirmed = confirm.confirmed_text(
+        champion.trial.number,
+        champion.trial.params,
+        champion.mean,
+        champion.std,
+        len(champion.runs),
+    )
     return (
-        f"exporting the confirmed champion of study {name!r}, trial "
-        f"{champion.trial.number}: val top-100 {champion.mean:.4f} +- "
-        f"{champion.std:.4f} over {len(champion.runs)} seeds; its best seed run "
-        f"(seed {choice.trial.user_attrs.get(keys.SEED_ATTR)}, run {run_id})"
+        f"exporting the confirmed champion of study {name!r}, {confirmed}; its "
+        f"best seed run (seed {choice.trial.user_attrs.get(keys.SEED_ATTR)}, run "
+        f"{run_id})"
     )
 
 

@@ -99,11 +99,15 @@ def best_text(record: dict) -> str:
     ]
     champion = record["confirmed"]
     if champion is not None:
+        confirmed = confirm.confirmed_text(
+            champion["number"],
+            champion["params"],
+            champion["mean"],
+            champion["std"],
+            champion["seeds"],
+        )
         lines.append(
-            f"confirmed champion: trial {champion['number']} "
-            f"({params.text(champion['params'])}), val top-100 "
-            f"{champion['mean']:.4f} +- {champion['std']:.4f} over "
-            f"{champion['seeds']} seeds; best seed run "
+            f"confirmed champion: {confirmed}; best seed run "
             f"{champion['best_run']['mlflow_run_id']}"
         )
     return "\n".join(lines)

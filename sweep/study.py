@@ -97,7 +97,7 @@ def launch(
     if settings.name in study_names(storage):
         if join:
             return _open(settings.name, tracker, storage, stores, n_trials,
-                         study_file, max_retries)  # fmt: skip
+                         study_file, max_retries, join=True)  # fmt: skip
         raise SweepError(
             f"study {settings.name!r} already exists in "
             f"{servers.redact(stores.storage)}; continue it with "
@@ -123,7 +123,7 @@ def launch(
         tracker.client.delete_run(parent_run_id)
         if join:
             return _open(settings.name, tracker, storage, stores, n_trials,
-                         study_file, max_retries)  # fmt: skip
+                         study_file, max_retries, join=True)  # fmt: skip
         raise SweepError(
             f"study {settings.name!r} was just created elsewhere"
         ) from None
@@ -159,7 +159,6 @@ def _record(
     not queued: its result is already in the study.
     """
     study.set_user_attr(keys.STUDY_FILE_ATTR, study_file.text)
-    study.set_user_attr(keys.TARGET_ATTR, target)
     study.set_user_attr(keys.EXPERIMENT_ATTR, experiment_id)
     study.set_user_attr(keys.PARENT_RUN_ATTR, parent_run_id)
     if study_file.confirm is not None:
@@ -167,6 +166,8 @@ def _record(
     for baseline in study_file.baselines:
         if baseline not in ran:
             study.enqueue_trial(baseline, user_attrs={keys.BASELINE_ATTR: True})
+    # Last: a worker joining the launch waits for it (`_wait_until_set_up`).
+    study.set_user_attr(keys.TARGET_ATTR, target)
 
 
 def resume(
@@ -210,9 +211,17 @@ def _open(
     study_file: config_module.Study | None,
     max_retries: int,
     worker: int = 0,
+    join: bool = False,
 ) -> Session:
-    """`resume` once the stores are open (`launch --join` has them open too)."""
+    """`resume` once the stores are open (`launch --join` has them open too).
+
+    A joining launch may find the study a moment after another launch created
+    it: it waits until that launch has set it up (imported its warm start,
+    queued its baselines, recorded its target).
+    """
     study = optuna.load_study(study_name=name, storage=storage)
+    if join:
+        _wait_until_set_up(study)
     text = study.user_attrs.get(keys.STUDY_FILE_ATTR)
     if study_file is not None and study_file.text == text:
         launched = study_file
@@ -241,6 +250,24 @@ def _open(
         study.set_user_attr(keys.TARGET_ATTR, target)
     retries.fail_orphaned_trials(study, tracker, max_retries)
     return Session(study, launched, tracker, target, stores.storage)
+
+
+def _wait_until_set_up(study: optuna.Study, timeout: float = 120) -> None:
+    """Waits for the launch that created `study` to record its target (its last step).
+
+    Raises:
+        SweepError: Not recorded within `timeout` seconds (that launch died).
+    """
+    deadline = time.monotonic() + timeout
+    while keys.TARGET_ATTR not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise SweepError(
+                f"study {study.study_name!r} exists but the launch that created "
+                f"it did not finish setting it up within {timeout:.0f} s; if that "
+                f"launch was stopped, remove the study with `sweep delete "
+                f"{study.study_name}` and launch again"
+            )
+        time.sleep(0.5)
 
 
 def run(

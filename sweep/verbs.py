@@ -238,7 +238,11 @@ def _work(
             options.workers, _worker_args(name, stores, options, deadline), verb
         )
         if code == 130:
-            print(f"interrupted; continue with `sweep resume {name}`", file=sys.stderr)
+            print(
+                "interrupted: the trials in flight are re-queued; continue with "
+                f"`sweep resume {name}`",
+                file=sys.stderr,
+            )
         if code:
             return code
     else:
@@ -263,11 +267,13 @@ def _work(
             )
             raise
         except KeyboardInterrupt:
-            print(
-                f"interrupted: the trial in flight is re-queued; continue with "
-                f"`sweep resume {name}`",
-                file=sys.stderr,
-            )
+            # Workers leave the line to the command that started them.
+            if options.worker_index is None:
+                print(
+                    "interrupted: the trial in flight is re-queued; continue with "
+                    f"`sweep resume {name}`",
+                    file=sys.stderr,
+                )
             return 130
         if options.worker_index is not None:
             return 0  # the command that started the workers sums them up

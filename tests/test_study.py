@@ -1,6 +1,11 @@
 """`sweep launch` on the synthetic data: what the stores hold afterwards."""
 
+import os
+import signal
 import sqlite3
+import subprocess
+import time
+from contextlib import closing
 
 import mlflow
 import optuna
@@ -10,9 +15,10 @@ from sweep import config, train
 from sweep import stores as stores_module
 from sweep import study as study_module
 from sweep.errors import SweepError
-from sweep.keys import BEST_ARTIFACT, PARENT_RUN_ATTR, RUN_ID_ATTR
+from sweep.keys import BEST_ARTIFACT, PARENT_RUN_ATTR, RUN_ID_ATTR, TARGET_ATTR
 from tests.helpers import (
     STUDY,
+    SWEEP,
     assert_one_line_error,
     baseline,
     run_main,
@@ -191,6 +197,46 @@ def test_four_workers_share_one_sqlite_study_exactly(tmp_path, spec, cached_home
     assert all(r.info.status != "RUNNING" for r in runs)
 
 
+@pytest.mark.slow
+def test_ctrl_c_on_workers_says_how_to_continue_once(tmp_path, spec, cached_home):
+    path = study_file(tmp_path, name="stop", n_trials=50, sampler="random",
+                      rates="0.05, 0.1, 0.2")  # fmt: skip
+    proc = subprocess.Popen(
+        [SWEEP, "launch", str(path), "--data-source", spec, "--workers", "2"],
+        env={**os.environ, "SWEEP_HOME": str(cached_home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while _running(cached_home, "stop") < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the workers never started trials"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.count("continue with `sweep resume stop`") == 1, stderr
+    assert _running(cached_home, "stop") == 0
+
+
+def _running(home, name: str) -> int:
+    """The study's running trials, read without creating anything (0 before)."""
+    path = home / "optuna.db"
+    if not path.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute(
+                "SELECT count(*) FROM trials JOIN studies USING (study_id) "
+                "WHERE study_name = ? AND state = 'RUNNING'",
+                (name,),
+            ).fetchone()[0]
+    except sqlite3.OperationalError:  # its tables not made yet
+        return 0
+
+
 def test_resume_of_unknown_study_is_one_line(tmp_path, spec):
     result = run_sweep("resume", "ghost", "--data-source", spec,
                        env={"SWEEP_HOME": str(tmp_path / "home")})  # fmt: skip
@@ -304,3 +350,23 @@ def test_a_time_budget_ends_the_sweep_and_resume_takes_another(
     assert [t.state.name for t in load(home).trials] == ["COMPLETE"] * 2
     bad = run_main("resume", "t", "--timeout", "5x")
     assert_one_line_error(bad, "argument --timeout: '5x' is not a duration", code=2)
+
+
+def test_a_joining_launch_waits_until_the_study_is_set_up(tmp_path):
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="j", storage=url)
+    # The launch that created it records the target last, a moment later.
+    threading.Timer(1.0, study.set_user_attr, (TARGET_ATTR, 7)).start()
+    started = time.monotonic()
+    study_module._wait_until_set_up(optuna.load_study(study_name="j", storage=url))
+    assert time.monotonic() - started >= 0.9
+    assert study.user_attrs[TARGET_ATTR] == 7
+
+
+def test_a_joining_launch_gives_up_on_a_study_never_set_up(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="j", storage=url)
+    with pytest.raises(SweepError, match="did not finish setting it up within 1 s"):
+        study_module._wait_until_set_up(study, timeout=1)
