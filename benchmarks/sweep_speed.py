@@ -69,19 +69,6 @@ KERAS_TUNER = {5: 0.352, 10: 0.364, 20: 0.3655, 30: 0.3716}
 TUNER_LABEL = "KerasTuner Hyperband (reference pipeline)"
 
 
-def _run(
-    pruner: str,
-    workers: int,
-    minutes: float,
-    seed: int | None,
-    sampler: str | None,
-    data_home: Path,
-) -> dict:
-    folder = Path(tempfile.mkdtemp(prefix=f"sweep-speed-{pruner}-{workers}-"))
-    start = _launch(folder, pruner, workers, minutes, seed, sampler, data_home)
-    return _read(folder, start, pruner, workers, minutes)
-
-
 def _launch(
     folder: Path,
     pruner: str,
@@ -255,7 +242,13 @@ def main() -> None:
                     f"{pruner}, {workers} worker(s), {minutes} min",
                     flush=True,
                 )
-                result = _run(pruner, int(workers), minutes, seed, sampler, data_home)
+                folder = Path(
+                    tempfile.mkdtemp(prefix=f"sweep-speed-{pruner}-{workers}-")
+                )
+                start = _launch(
+                    folder, pruner, int(workers), minutes, seed, sampler, data_home
+                )
+                result = _read(folder, start, pruner, int(workers), minutes)
                 print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
                 runs.append(result)
                 _write(runs, args.out)
