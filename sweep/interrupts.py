@@ -6,12 +6,14 @@ point), it is printed as "Exception ignored in ..." and dropped, and a sweep
 would go on as if nothing had been asked; waiting on Keras's callback futures,
 a worker lands there often. So the handler also records the request, and
 `check()`, called at the end of every epoch and before every trial, raises it
-again if it was lost.
+again if it was lost; and since it is not lost, Python's "Exception ignored"
+report of it (a traceback on a user's Ctrl-C) is not printed.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 
 _requested: int | None = None
 
@@ -24,6 +26,20 @@ def install() -> None:
     """
     signal.signal(signal.SIGINT, _handle)
     signal.signal(signal.SIGTERM, _handle)
+    if sys.unraisablehook is not _quiet_recorded_stop:
+        global _unraisablehook
+        _unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _quiet_recorded_stop
+
+
+_unraisablehook = sys.unraisablehook
+
+
+def _quiet_recorded_stop(unraisable) -> None:
+    """Drops the report of a recorded stop that Python dropped; `check` raises it."""
+    if _requested is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        return
+    _unraisablehook(unraisable)
 
 
 def _handle(signum, frame) -> None:

@@ -1,5 +1,6 @@
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -11,9 +12,18 @@ from tests.helpers import STUDY, baseline
 
 
 @pytest.fixture
-def installed(monkeypatch):
+def reported(monkeypatch):
+    """What reaches the unraisable-exception hook in place before `install`."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_type))
+    return seen
+
+
+@pytest.fixture
+def installed(monkeypatch, reported):
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     monkeypatch.setattr(interrupts, "_requested", None)
+    monkeypatch.setattr(interrupts, "_unraisablehook", interrupts._unraisablehook)
     interrupts.install()
     yield
     for signum, handler in previous.items():
@@ -39,6 +49,18 @@ def test_an_interrupt_dropped_in_a_finalizer_is_raised_at_the_next_check(
     SignalledInFinalizer(signum)  # collected at once: KeyboardInterrupt dropped
     with pytest.raises(KeyboardInterrupt, match=signal.Signals(signum).name):
         interrupts.check()
+
+
+class RaisesInFinalizer:
+    def __del__(self):
+        raise ValueError("not a stop")
+
+
+def test_a_dropped_stop_is_not_reported_and_other_errors_still_are(installed, reported):
+    SignalledInFinalizer(signal.SIGINT)  # a traceback on Ctrl-C, before
+    assert reported == []
+    RaisesInFinalizer()
+    assert reported == [ValueError]
 
 
 def test_a_signal_raises_keyboard_interrupt_where_it_lands(installed):
