@@ -237,14 +237,21 @@ def companion_of(study: optuna.Study) -> optuna.Study | None:
 
 
 def duplicate_of(trial: FrozenTrial, trials: list[FrozenTrial]) -> int | None:
-    """An earlier run of the same finalist and seed, finished or running."""
+    """Another run of the same finalist and seed: finished, or running and earlier.
+
+    A finished one counts whatever its number: a copy queued before it (two
+    workers queuing at once, or a retry) must not train the same seed again.
+    """
     seed = trial.user_attrs.get(keys.SEED_ATTR)
     for other in trials:
         if (
-            other.number < trial.number
+            other.number != trial.number
             and other.user_attrs.get(keys.SEED_ATTR) == seed
             and _configuration(other) == _configuration(trial)
-            and other.state in (*keys.FINISHED, TrialState.RUNNING)
+            and (
+                other.state in keys.FINISHED
+                or (other.state == TrialState.RUNNING and other.number < trial.number)
+            )
         ):
             return other.number
     return None

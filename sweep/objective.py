@@ -288,10 +288,13 @@ class Objective:
         # system attrs (where Optuna keeps the retry history); its frozen copy does.
         trials = trial.study.get_trials(deepcopy=False)
         frozen = next(t for t in trials if t.number == trial.number)
+        finalist = trial.user_attrs.get(keys.FINALIST_OF_ATTR)
+        if finalist is None and confirm.is_companion(trial.study.study_name):
+            # Sampled, not queued: another worker took the last queued run.
+            _drop(trial, "another worker took the queued run")
         self._check_needed(trial, trials)
         retry_of = RetryStaleTrial.retried_trial_number(frozen)
         tags = {} if retry_of is None else {keys.RETRY_TAG: str(retry_of)}
-        finalist = trial.user_attrs.get(keys.FINALIST_OF_ATTR)
         run_name = None
         if finalist is not None:
             self._check_not_duplicate(trial, frozen, trials)
@@ -321,21 +324,25 @@ class Objective:
         return TrialLog(trial, run, self.checkpoints, resumed)
 
     def _check_needed(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> None:
-        """Drops a trial started when earlier ones already make up the target."""
+        """Drops a trial started when other ones already make up the target.
+
+        Finished trials count whatever their number; running ones only if
+        started first, so that of two trials started at once the later one
+        gives way.
+        """
         if self.target is None:
             return
         ahead = sum(
             1
             for t in trials
-            if t.number < trial.number
-            and t.state in (*keys.FINISHED, TrialState.RUNNING)
+            if t.number != trial.number
+            and (
+                t.state in keys.FINISHED
+                or (t.state == TrialState.RUNNING and t.number < trial.number)
+            )
         )
         if ahead >= self.target:
-            trial.set_user_attr(keys.SURPLUS_ATTR, True)
-            trial.set_user_attr(
-                keys.FAIL_REASON_ATTR, "not needed: the target was reached"
-            )
-            raise TrialFailed("not needed: other workers reached the target")
+            _drop(trial, "the target was reached")
 
     def _check_not_duplicate(
         self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial]
@@ -343,17 +350,10 @@ class Objective:
         """Drops a confirmation run queued twice, or of a finalist that collapsed."""
         earlier = confirm.duplicate_of(frozen, trials)
         if earlier is not None:
-            trial.set_user_attr(keys.SURPLUS_ATTR, True)
-            trial.set_user_attr(
-                keys.FAIL_REASON_ATTR, f"not needed: trial {earlier} runs the same"
-            )
-            raise TrialFailed(f"not needed: trial {earlier} runs the same")
+            _drop(trial, f"trial {earlier} runs the same")
         collapsed = confirm.collapsed(frozen, trials)
         if collapsed is not None:
-            reason = f"not needed: the finalist collapsed in trial {collapsed}"
-            trial.set_user_attr(keys.SURPLUS_ATTR, True)
-            trial.set_user_attr(keys.FAIL_REASON_ATTR, reason)
-            raise TrialFailed(reason)
+            _drop(trial, f"the finalist collapsed in trial {collapsed}")
 
     def _checkpoint_of(
         self, trial: FrozenTrial, previous_run: str | None
@@ -372,3 +372,15 @@ class Objective:
             if path is not None:
                 return train.Checkpoint.load(path)
         return None
+
+
+def _drop(trial: optuna.Trial, why: str) -> None:
+    """Fails a trial before it trains, as surplus: nothing of it is kept or shown.
+
+    Raises:
+        TrialFailed: Always.
+    """
+    reason = f"not needed: {why}"
+    trial.set_user_attr(keys.SURPLUS_ATTR, True)
+    trial.set_user_attr(keys.FAIL_REASON_ATTR, reason)
+    raise TrialFailed(reason)

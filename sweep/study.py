@@ -456,6 +456,16 @@ def run_trials(
     # Each trial's outcome is printed by `Progress`; Optuna's own lines (with a
     # traceback for every failed trial) would repeat them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def run_one() -> None:
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(TrialFailed,),
+            callbacks=[bar, *callbacks],
+            gc_after_trial=True,
+        )
+
     try:
         while True:
             # One read of the study per trial: each costs a query of the store.
@@ -470,7 +480,12 @@ def run_trials(
             values = [t.value for t in trials if t.state == TrialState.COMPLETE]
             bar.count(done, max(values, default=None))
             if done >= target:
-                return False
+                if refill is None or TrialState.WAITING not in states:
+                    return False
+                # A run two workers queued at once: started, it is dropped
+                # before it trains (`Objective`), so the stage leaves no queue.
+                run_one()
+                continue
             if deadline is not None and time.time() >= deadline:
                 # Trials other workers run finish with them.
                 return True
@@ -486,13 +501,7 @@ def run_trials(
                 # Every run is queued, never sampled: none is left to start.
                 time.sleep(1)
                 continue
-            study.optimize(
-                objective,
-                n_trials=1,
-                catch=(TrialFailed,),
-                callbacks=[bar, *callbacks],
-                gc_after_trial=True,
-            )
+            run_one()
             if bar.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
                 raise SweepError(
                     f"the last {MAX_CONSECUTIVE_FAILURES} trials of study "

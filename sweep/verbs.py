@@ -237,6 +237,17 @@ def _work(
         code = workers.run_workers(
             options.workers, _worker_args(name, stores, options, deadline), verb
         )
+        if code:
+            # A worker that did not stop in time (after Ctrl-C, say) was killed
+            # mid-trial: its trial is re-queued now, not by the next resume.
+            from sweep import confirm
+
+            study = session.study
+            for one in (study, confirm.companion_of(study)):
+                if one is not None:
+                    retries.fail_orphaned_trials(
+                        one, session.tracker, options.max_retries
+                    )
         if code == 130:
             print(
                 "interrupted: the trials in flight are re-queued; continue with "

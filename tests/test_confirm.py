@@ -10,7 +10,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweep import config, confirm, export, keys, space, stores
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, TrialFailed
+from sweep.objective import Objective
+from sweep.study import run_trials
 from tests.helpers import STUDY, assert_one_line_error, run_main
 
 DISTRIBUTIONS = {
@@ -119,10 +121,53 @@ def test_the_plan_is_queued_once_and_duplicates_are_found(searched):
     trials = companion.get_trials()
     assert confirm.duplicate_of(trials[-1], trials) == first.number
     assert confirm.duplicate_of(trials[1], trials) is None
+    # Once the later copy has finished, the earlier one is its duplicate.
+    copy = trials[-1]._trial_id
+    companion._storage.set_trial_state_values(copy, TrialState.RUNNING)
+    companion._storage.set_trial_state_values(copy, TrialState.COMPLETE, [0.3])
+    trials = companion.get_trials()
+    assert confirm.duplicate_of(trials[0], trials) == trials[-1].number
     # A larger plan adds only what is missing.
     study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 3, "seeds": 3})
     assert confirm.queue(study, companion, confirm.stored_plan(study), 42) == 9
     assert len(companion.get_trials()) == 5 + 5
+
+
+def test_runs_left_once_the_stage_is_done_are_dropped_unrun(tmp_path):
+    text = STUDY.format(name="c", n_trials=2, sampler="random", rates="0.1",
+                        baselines="")  # fmt: skip
+    study_file = config.parse_study(text, tmp_path / "c.toml")
+    storage = stores.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    companion = optuna.create_study(
+        study_name=confirm.companion_name("c"), storage=storage, direction="maximize"
+    )
+    params = {"depth": 2, "width": 8, "embedding_dim": 16, "learning_rate": 0.1}
+    for seed in (11, 12):
+        companion.add_trial(
+            create_trial(
+                value=0.3,
+                params=params,
+                distributions=space.distributions(study_file),
+                user_attrs={keys.FINALIST_OF_ATTR: 0, keys.SEED_ATTR: seed},
+            )
+        )
+    # Two workers queued seed 11 at once; the stage reached its target first.
+    companion.enqueue_trial(
+        params, user_attrs={keys.FINALIST_OF_ATTR: 0, keys.SEED_ATTR: 11}
+    )
+    # Nothing here trains: features and tracker are never reached.
+    objective = Objective(study_file, None, None, "1", "parent", tmp_path)
+    done = run_trials(companion, objective, 2, progress=False, refill=lambda _: 2)
+    assert done is False
+    left = companion.get_trials()[-1]
+    assert left.state == TrialState.FAIL and left.user_attrs[keys.SURPLUS_ATTR]
+    assert "the target was reached" in left.user_attrs[keys.FAIL_REASON_ATTR]
+    # A run sampled because another worker took the last queued one: dropped.
+    companion.optimize(objective, n_trials=1, catch=(TrialFailed,))
+    sampled = companion.get_trials()[-1]
+    assert sampled.state == TrialState.FAIL and sampled.user_attrs[keys.SURPLUS_ATTR]
+    assert "another worker" in sampled.user_attrs[keys.FAIL_REASON_ATTR]
+    assert len(companion.get_trials()) == 4
 
 
 def test_no_complete_trial_is_one_error_and_creates_nothing(tmp_path):

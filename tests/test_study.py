@@ -198,7 +198,9 @@ def test_four_workers_share_one_sqlite_study_exactly(tmp_path, spec, cached_home
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_workers_says_how_to_continue_once(tmp_path, spec, cached_home):
+def test_ctrl_c_on_workers_requeues_every_trial_and_says_so_once(
+    tmp_path, spec, cached_home
+):
     path = study_file(tmp_path, name="stop", n_trials=50, sampler="random",
                       rates="0.05, 0.1, 0.2")  # fmt: skip
     proc = subprocess.Popen(
@@ -209,20 +211,37 @@ def test_ctrl_c_on_workers_says_how_to_continue_once(tmp_path, spec, cached_home
         text=True,
     )
     deadline = time.monotonic() + 300
-    while _running(cached_home, "stop") < 2:
+    while _count(cached_home, "stop", "RUNNING") < 2:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the workers never started trials"
         time.sleep(0.5)
+    # One worker stops cleanly; the other cannot (as if stuck in a long XLA
+    # compilation) and is killed with its trial RUNNING once its time is up.
+    os.kill(_workers_of(proc.pid)[0], signal.SIGSTOP)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert stderr.count("continue with `sweep resume stop`") == 1, stderr
-    assert _running(cached_home, "stop") == 0
+    # Both trials in flight were failed and queued again, the frozen one's too.
+    assert _count(cached_home, "stop", "RUNNING") == 0
+    assert _count(cached_home, "stop", "WAITING") == 2
 
 
-def _running(home, name: str) -> int:
-    """The study's running trials, read without creating anything (0 before)."""
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes a `--workers` command started."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(child) for child in f.read().split()]
+    workers = []
+    for child in children:
+        with open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"--worker-index" in f.read():
+                workers.append(child)
+    return workers
+
+
+def _count(home, name: str, state: str) -> int:
+    """The study's trials in `state`, read without creating anything (0 before)."""
     path = home / "optuna.db"
     if not path.exists():
         return 0
@@ -230,8 +249,8 @@ def _running(home, name: str) -> int:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             return db.execute(
                 "SELECT count(*) FROM trials JOIN studies USING (study_id) "
-                "WHERE study_name = ? AND state = 'RUNNING'",
-                (name,),
+                "WHERE study_name = ? AND state = ?",
+                (name, state),
             ).fetchone()[0]
     except sqlite3.OperationalError:  # its tables not made yet
         return 0
