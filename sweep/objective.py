@@ -187,15 +187,24 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Runs one trial; returns its best validation top-100 accuracy."""
-        self._claim(trial)
-        config = space.suggest(trial, self.study)
-        # A confirmation run is queued with its seed; a search trial derives
-        # its own from the study seed and its number.
-        seed = trial.user_attrs.get(keys.SEED_ATTR)
-        if seed is not None:
-            config = dataclasses.replace(config, seed=seed)
-        log = self._start(trial, config)
-        keras.backend.clear_session()
+        try:
+            interrupts.check()  # a stop dropped between two trials
+            # First of all: a RUNNING trial without it was never taken up by
+            # a worker (`retries.fail_unclaimed_trials`).
+            trial.set_user_attr(keys.WORKER_ATTR, worker_identity())
+            config = space.suggest(trial, self.study)
+            # A confirmation run is queued with its seed; a search trial
+            # derives its own from the study seed and its number.
+            seed = trial.user_attrs.get(keys.SEED_ATTR)
+            if seed is not None:
+                config = dataclasses.replace(config, seed=seed)
+            keras.backend.clear_session()
+            log = self._start(trial, config)
+        except KeyboardInterrupt:
+            # A stop before the trial trained: it is re-queued like any trial
+            # a stop cut short (`retries.requeue_interrupted`).
+            trial.set_user_attr(keys.INTERRUPTED_ATTR, True)
+            raise
         diverged = None
         try:
             result = train.train(
@@ -264,19 +273,6 @@ class Objective:
             log.fail(failure)
             raise TrialFailed(failure) from e
         return log.best.val_top100_accuracy if log.best else 0.0
-
-    def _claim(self, trial: optuna.Trial) -> None:
-        """Names this worker on the trial, unless a stop came first."""
-        try:
-            interrupts.check()
-        except KeyboardInterrupt:
-            # A stop dropped between two trials: this one has not started, and
-            # is re-queued like any trial a stop cut short.
-            trial.set_user_attr(keys.INTERRUPTED_ATTR, True)
-            raise
-        # First of all: a RUNNING trial without it was never taken up by a
-        # worker (`retries.fail_unclaimed_trials`).
-        trial.set_user_attr(keys.WORKER_ATTR, worker_identity())
 
     def _start(self, trial: optuna.Trial, config: train.TrainConfig) -> TrialLog:
         """Starts the trial's MLflow run, after its checkpoint if it is a retry.

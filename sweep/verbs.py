@@ -155,7 +155,9 @@ def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
     study_file = config_module.load_study(path) if path else None
     home = Home.from_environment()
     stores = resolve_stores(home, options.storage, options.tracking_uri)
-    # The study first: an unknown name is told at once, before any data build.
+    # The study first: an unknown name is told at once, before the training
+    # stack is imported or any data built.
+    open_study(stores, name)
     from sweep import study
 
     session = study.resume(

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 import sweep  # noqa: F401  (sets KERAS_BACKEND before any test imports keras)
-from sweep import data, movielens
+from sweep import data, movielens, stores
 from tests import postgres, synthetic
-from tests.helpers import REPO, share_cache, skip_without_postgres
+from tests.helpers import MLFLOW_TEMPLATE, REPO, share_cache, skip_without_postgres
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -54,6 +54,10 @@ def synthetic_home(tmp_path_factory, synthetic_spec):
     """
     home = tmp_path_factory.mktemp("synthetic-home")
     data.load(synthetic_spec, home=home, log=lambda _: None)
+    # And an empty MLflow store, made as a sweep makes one: creating it runs
+    # MLflow's migrations (seconds), which homes sharing the cache then skip.
+    template = f"sqlite:///{home / MLFLOW_TEMPLATE}"
+    stores.open_tracker(stores.resolve_stores(home, tracking_uri=template))
     return home
 
 

@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -124,14 +125,28 @@ def share_real_data(home, real_home):
     return home
 
 
+# Beside the shared synthetic cache (`synthetic_home`): an empty MLflow store.
+MLFLOW_TEMPLATE = "mlflow-template.db"
+
+
 def share_cache(home: Path, cache: Path) -> Path:
     """Makes `home` a sweep home whose data cache is the (prebuilt) `cache`.
 
     A sweep finds its features there instead of building them (which imports
-    TensorFlow) in each fresh home.
+    TensorFlow) in each fresh home. If the cache's home keeps an empty MLflow
+    store (`MLFLOW_TEMPLATE`), `home` starts with a copy of it, as a home does
+    after its first sweep: a sweep skips MLflow's migrations, and the tests of
+    a new home's store run where no template is shared (`isolated_home`).
     """
     home.mkdir(parents=True, exist_ok=True)
     (home / "cache").symlink_to(cache)
+    template = cache.parent / MLFLOW_TEMPLATE
+    if template.is_file():
+        with (
+            contextlib.closing(sqlite3.connect(template)) as source,
+            contextlib.closing(sqlite3.connect(home / "mlflow.db")) as copy,
+        ):
+            source.backup(copy)
     return home
 
 

@@ -8,6 +8,7 @@ from optuna.trial import TrialState
 
 from sweep import config, interrupts, keys, study
 from sweep import stores as stores_module
+from sweep.tracking import Tracker
 from tests.helpers import STUDY, baseline
 
 
@@ -69,14 +70,22 @@ def test_a_signal_raises_keyboard_interrupt_where_it_lands(installed):
         time.sleep(1)
 
 
-def test_a_stop_dropped_between_trials_requeues_the_trial_it_stops(
-    installed, tmp_path, synthetic_features, monkeypatch
+def _stop_as_the_run_starts(*args, **kwargs):
+    interrupts._handle(signal.SIGINT, None)
+
+
+@pytest.mark.parametrize("when", ["dropped between trials", "as its run starts"])
+def test_a_stop_before_a_trial_trains_requeues_the_trial(
+    installed, tmp_path, synthetic_features, monkeypatch, when
 ):
     text = STUDY.format(name="s", n_trials=2, sampler="random", rates="0.05",
                         baselines=baseline(0.05))  # fmt: skip
     stores = stores_module.resolve_stores(tmp_path / "home")
     session = study.launch(config.parse_study(text, tmp_path / "s.toml"), stores)
-    monkeypatch.setattr(interrupts, "_requested", signal.SIGINT)  # dropped earlier
+    if when == "dropped between trials":
+        monkeypatch.setattr(interrupts, "_requested", signal.SIGINT)
+    else:
+        monkeypatch.setattr(Tracker, "start_trial", _stop_as_the_run_starts)
     with pytest.raises(KeyboardInterrupt):
         study.run(session, synthetic_features, tmp_path / "ckpt", progress=False)
     stopped, retry = session.study.get_trials()
