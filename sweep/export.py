@@ -38,16 +38,20 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import confirm, keys, registry, serving, summary, train
+from sweep import confirm, keys, registry, serving, summary
 from sweep.data import QUERY_FEATURES, Features
 from sweep.errors import SweepError
 from sweep.home import nearest_existing
 from sweep.stores import Stores, open_study, open_tracker
+
+if TYPE_CHECKING:
+    from sweep import train
 
 PARITY_TOLERANCE = 0.002
 # Serving outputs may differ from Keras's by float rounding between runtimes.
@@ -264,6 +268,8 @@ def export(
             "versions": _versions(),
         }
         if test_fraction:
+            from sweep import train
+
             test = train.evaluate(model, features, features.test_rows(test_fraction))
             description["test_top100_accuracy"] = test
             log(f"test top-100 accuracy {test:.4f} on the held-out ratings")
@@ -384,6 +390,8 @@ def _fetch_best(
     )
     if run_id is None:
         raise missing
+    from sweep import train
+
     local = tracker.download_folder(run_id, keys.BEST_ARTIFACT, folder)
     best = train.BestModel.load(local) if local is not None else None
     if best is None:
@@ -410,6 +418,8 @@ def evaluate(model, features: Features, test_fraction: float = 0.0) -> float:
         test_fraction: The held-out share the model was trained without (the
             validation split is of the rest).
     """
+    from sweep import train
+
     _, val_rows = features.split(test_fraction)
     return train.evaluate(model, features, val_rows)
 
