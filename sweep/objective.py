@@ -198,8 +198,9 @@ class Objective:
             seed = trial.user_attrs.get(keys.SEED_ATTR)
             if seed is not None:
                 config = dataclasses.replace(config, seed=seed)
-            keras.backend.clear_session()
             log = self._start(trial, config)
+            # After `_start`, which may drop the trial: nothing to clear then.
+            keras.backend.clear_session()
         except KeyboardInterrupt:
             # A stop before the trial trained: it is re-queued like any trial
             # a stop cut short (`retries.requeue_interrupted`).
