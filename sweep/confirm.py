@@ -236,6 +236,12 @@ def companion_of(study: optuna.Study) -> optuna.Study | None:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def stages(study: optuna.Study) -> list[optuna.Study]:
+    """The study and, once its confirmation stage has started, that stage's study."""
+    companion = companion_of(study)
+    return [study] if companion is None else [study, companion]
+
+
 def duplicate_of(trial: FrozenTrial, trials: list[FrozenTrial]) -> int | None:
     """Another run of the same finalist and seed: finished, or running and earlier.
 
@@ -248,10 +254,7 @@ def duplicate_of(trial: FrozenTrial, trials: list[FrozenTrial]) -> int | None:
             other.number != trial.number
             and other.user_attrs.get(keys.SEED_ATTR) == seed
             and _configuration(other) == _configuration(trial)
-            and (
-                other.state in keys.FINISHED
-                or (other.state == TrialState.RUNNING and other.number < trial.number)
-            )
+            and keys.ahead_of(other, trial.number)
         ):
             return other.number
     return None

@@ -101,10 +101,7 @@ def plan(stores: Stores, checkpoints: Path, name: str, models: bool) -> Plan:
         SweepError: No such study, or a worker still runs one of its trials.
     """
     study = open_study(stores, name)
-    studies = [study]
-    companion = confirm.companion_of(study)
-    if companion is not None:
-        studies.append(companion)
+    studies = confirm.stages(study)
     trials = 0
     for one in studies:
         every = one.get_trials(deepcopy=False)

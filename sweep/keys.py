@@ -78,6 +78,18 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 
 
+def ahead_of(other, number: int) -> bool:
+    """Whether trial `other` goes before trial `number` when workers race.
+
+    A finished trial does, whatever its number; a running one if it was started
+    first, so that of two trials started at once the later one gives way.
+    """
+    return other.number != number and (
+        other.state in FINISHED
+        or (other.state == TrialState.RUNNING and other.number < number)
+    )
+
+
 def count_states(trials, states=tuple(TrialState)) -> dict[str, int]:
     """How many of `trials` are in each of `states`, by state name (in order)."""
     counts = {state.name: 0 for state in states}

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from sweep import config as config_module
 from sweep import confirm, interrupts, keys, servers, space, train
@@ -321,24 +321,10 @@ class Objective:
         return TrialLog(trial, run, self.checkpoints, resumed)
 
     def _check_needed(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> None:
-        """Drops a trial started when other ones already make up the target.
-
-        Finished trials count whatever their number; running ones only if
-        started first, so that of two trials started at once the later one
-        gives way.
-        """
+        """Drops a trial started when others (`keys.ahead_of`) make up the target."""
         if self.target is None:
             return
-        ahead = sum(
-            1
-            for t in trials
-            if t.number != trial.number
-            and (
-                t.state in keys.FINISHED
-                or (t.state == TrialState.RUNNING and t.number < trial.number)
-            )
-        )
-        if ahead >= self.target:
+        if sum(keys.ahead_of(t, trial.number) for t in trials) >= self.target:
             _drop(trial, "the target was reached")
 
     def _check_not_duplicate(

@@ -345,10 +345,8 @@ def run(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         status = "KILLED"
-        retries.requeue_interrupted(study, tracker, max_retries)
-        companion = confirm.companion_of(study)
-        if companion is not None:
-            retries.requeue_interrupted(companion, tracker, max_retries)
+        for one in confirm.stages(study):
+            retries.requeue_interrupted(one, tracker, max_retries)
         raise
     finally:
         if plotter is not None:
@@ -358,11 +356,10 @@ def run(
 
 def _others_running(study: optuna.Study) -> bool:
     """Whether a live worker still runs a trial of the study or its confirmation."""
-    for one in (study, confirm.companion_of(study)):
-        if one is not None:
-            running = one.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if retries.live_workers(one, running):
-                return True
+    for one in confirm.stages(study):
+        running = one.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if retries.live_workers(one, running):
+            return True
     return False
 
 

@@ -244,12 +244,8 @@ def _work(
             # mid-trial: its trial is re-queued now, not by the next resume.
             from sweep import confirm
 
-            study = session.study
-            for one in (study, confirm.companion_of(study)):
-                if one is not None:
-                    retries.fail_orphaned_trials(
-                        one, session.tracker, options.max_retries
-                    )
+            for one in confirm.stages(session.study):
+                retries.fail_orphaned_trials(one, session.tracker, options.max_retries)
         if code == 130:
             print(
                 "interrupted: the trials in flight are re-queued; continue with "
