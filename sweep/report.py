@@ -7,13 +7,13 @@ trials.csv), the metric `best_val_top100_accuracy` (the best so far, step =
 finished trials) and the run's description (study file, data, best trial, how
 to export it).
 
-The metric and the description are cheap and refreshed by the worker after
-every trial. The files cost more (more as the study grows): after every trial
-they are written by a low-priority child process (`sweep.plotter`), off the
-worker's cores as far as they are busy, and at the end of a sweep by the last
-worker to finish. Without that process the worker writes trials.csv after
-every trial and draws the plots at most every `PLOT_INTERVAL_SECONDS`, and less
-often when drawing that often would cost it more than `PLOT_BUDGET` of its time.
+The metric, the description and trials.csv are cheap and refreshed by the
+worker after every trial. The plots cost more (more as the study grows): they
+are redrawn at most once every `PLOT_INTERVAL_SECONDS`, by a low-priority child
+process (`sweep.plotter`), off the worker's cores as far as they are busy, and
+at the end of a sweep by the last worker to finish. Without that process the
+worker draws them itself, and less often when drawing every minute would cost
+it more than `PLOT_BUDGET` of its time.
 """
 
 from __future__ import annotations
@@ -66,18 +66,22 @@ class StudyReport:
         return max(PLOT_INTERVAL_SECONDS, self._plot_seconds / PLOT_BUDGET)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Refreshes after a trial; the plotter writes the files if it can.
+        """Refreshes after a trial; the plotter draws the plots if it can.
 
-        The metric and the description are written here, trials.csv and the
-        plots by the plotter.
-
-        Without a plotter (or if it has died), trials.csv is written here, and
-        the plots too if the last ones are old enough.
+        The metric, the description and trials.csv are written here. The plots
+        (and trials.csv with them) are drawn by the plotter once the last ones
+        are `PLOT_INTERVAL_SECONDS` old; without a plotter (or if it has died),
+        here, once they are old enough (`plot_interval`).
         """
-        delegated = self.plotter is not None and self.plotter.request()
-        due = not delegated and (
-            time.monotonic() - self._plotted_at >= self.plot_interval()
-        )
+        # At most one drawing a minute either way: a drawing costs seconds and
+        # grows with the study, and the next trial's would replace it soon.
+        now = time.monotonic()
+        delegated = False
+        if self.plotter is not None and now - self._plotted_at >= PLOT_INTERVAL_SECONDS:
+            delegated = self.plotter.request()
+            if delegated:
+                self._plotted_at = now
+        due = not delegated and now - self._plotted_at >= self.plot_interval()
         try:
             self.refresh(study, draw=due, table=not delegated)
         except Exception as e:  # a report must never stop the sweep

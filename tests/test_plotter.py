@@ -9,6 +9,7 @@ import time
 import optuna
 
 from sweep.plotter import Plotter
+from sweep.report import PLOT_INTERVAL_SECONDS, StudyReport
 from sweep.tracking import Tracker
 
 
@@ -47,6 +48,24 @@ def test_a_requested_drawing_reaches_the_parent_run(tmp_path):
     assert "report/top100_accuracy_vs_epoch.png" in files
     assert "report/optuna/optimization_history.html" in files
     assert "report/optuna/intermediate_values.png" in files
+
+
+def test_the_worker_asks_for_plots_once_the_last_are_a_minute_old(tmp_path):
+    url, tracker, run_id = finished_study(tmp_path)
+    study = optuna.load_study(study_name="p", storage=url)
+    last = study.trials[-1]
+    # Right after the start: trials.csv from the worker, no drawing asked for.
+    plotter = Plotter(url, "p", tracker.tracking_uri, run_id)
+    StudyReport(tracker, run_id, "p.toml", "recbole", plotter)(study, last)
+    plotter.stop()  # a drawing asked for would be finished now
+    assert report_files(tracker, run_id) == {"trials.csv"}
+    # A minute later the plotter draws them.
+    plotter = Plotter(url, "p", tracker.tracking_uri, run_id)
+    report = StudyReport(tracker, run_id, "p.toml", "recbole", plotter)
+    report._plotted_at -= PLOT_INTERVAL_SECONDS
+    report(study, last)
+    plotter.stop()
+    assert "report/optuna/optimization_history.html" in report_files(tracker, run_id)
 
 
 def test_the_child_is_niced_and_leaves_when_its_worker_dies(tmp_path):

@@ -221,7 +221,11 @@ def test_bad_input_is_one_line_and_writes_nothing(smoke, exported, tmp_path, arg
     (tmp_path / "full" / "keep.txt").write_text("mine")
     args = [a.format(tmp=tmp_path, export=exported[0]) for a in args]
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = sweep_in(home, *args)
+    # The first case as a real process (its exit status and stderr as a user
+    # sees them), the others in this process: the same `cli.main`.
+    real = args[0] == "export" and args[1] == "nosuch"
+    run = sweep_in if real else lambda h, *a: run_main(*a, env={"SWEEP_HOME": str(h)})
+    result = run(home, *args)
     assert_one_line_error(result, fragment)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"

@@ -245,7 +245,7 @@ def test_ui_and_a_running_sweep_do_not_break_each_other(home, tmp_path):
         base = f"http://127.0.0.1:{port}"
         search = f"{base}/ajax-api/2.0/mlflow/runs/search"
         # Read as a user would while the sweep runs: every request must answer.
-        seen_running, trial_counts, plots_seen = False, [], False
+        seen_running, trial_counts, report_seen = False, [], False
         while launch.poll() is None:
             runs = post_json(
                 search, {"experiment_ids": [experiment], "max_results": 100}
@@ -253,30 +253,36 @@ def test_ui_and_a_running_sweep_do_not_break_each_other(home, tmp_path):
             trials = [r for r in runs if r["info"]["run_name"].startswith("trial-")]
             trial_counts.append(len(trials))
             seen_running |= any(r["info"]["status"] == "RUNNING" for r in trials)
-            # Plots drawn before the last trial ended (not by the final refresh).
+            # The report's table, written before the last trial ended (not by
+            # the final refresh; its plots are redrawn once a minute).
             parent = [r["info"]["run_id"] for r in runs
                       if r["info"]["run_name"] == "live"]  # fmt: skip
             running = any(r["info"]["status"] == "RUNNING" for r in trials)
-            if parent and not plots_seen and (running or len(trials) < 6):
+            if parent and not report_seen and (running or len(trials) < 6):
                 listing = f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_id="
                 with urllib.request.urlopen(
-                    f"{listing}{parent[0]}&path=report", timeout=10
+                    f"{listing}{parent[0]}", timeout=10
                 ) as response:
                     files = json.loads(response.read()).get("files", [])
-                plots_seen = any(f["path"].endswith(".png") for f in files)
+                report_seen = any(f["path"] == "trials.csv" for f in files)
             time.sleep(0.3)
         out, err = launch.communicate()
         assert launch.returncode == 0, err
         assert "locked" not in err, err
         assert seen_running, "no trial run was seen while it ran"
         assert len(set(trial_counts)) > 1, "the trial runs did not appear live"
-        assert plots_seen, "the report's plots were not drawn while trials ran"
+        assert report_seen, "the report's trials.csv was not written while trials ran"
         runs = post_json(search, {"experiment_ids": [experiment], "max_results": 100})[
             "runs"
         ]
         trials = [r for r in runs if r["info"]["run_name"].startswith("trial-")]
         assert len(trials) == 6
         assert {r["info"]["status"] for r in trials} == {"FINISHED"}
+        # And the plots, drawn at the end.
+        listing = f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_id={parent[0]}"
+        with urllib.request.urlopen(f"{listing}&path=report", timeout=10) as response:
+            files = json.loads(response.read()).get("files", [])
+        assert any(f["path"].endswith(".png") for f in files), files
         assert ui.poll() is None, "sweep ui stopped while the sweep ran"
     finally:
         for proc in (launch, ui):
