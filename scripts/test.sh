@@ -23,8 +23,9 @@ fi
 bash scripts/setup.sh
 .venv/bin/ruff check sweep tests benchmarks
 .venv/bin/ruff format --check sweep tests benchmarks
-# Two workers, each taking whole test modules (so a module's fixtures, a
-# launched study or a server, are made once; tests/conftest.py keeps the smoke
-# study's readers together): much of a test's time is a sweep process
-# starting, which leaves the other core idle. `-n 0`: one process.
-exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
+# Three workers on two cores, each taking whole test modules (so a module's
+# fixtures, a launched study or a server, are made once; tests/conftest.py
+# keeps the smoke study's readers together): much of a test is waiting on a
+# sweep process or a server, and with two workers the cores were idle for a
+# sixth of the run. `-n 0`: one process.
+exec .venv/bin/python -m pytest -n 3 --dist loadfile "$@"

@@ -117,7 +117,7 @@ def postgres_server():
         server.stop()
 
 
-# Each of the two test workers takes whole modules (`--dist loadfile`), in
+# Each test worker takes whole modules (`--dist loadfile`), in
 # collection order; the longest start first, so that none is left running
 # alone at the end.
 SLOWEST_FIRST = (
@@ -128,6 +128,8 @@ SLOWEST_FIRST = (
     "tests/test_servers.py",
     "tests/e2e/test_ui.py",
     "tests/e2e/test_launch.py",
+    "tests/test_confirm.py",
+    "tests/test_delete.py",
 )
 
 # The modules that read the smoke study (the `smoke` fixture) go to one test

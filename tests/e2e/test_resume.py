@@ -1,9 +1,10 @@
 """Crashes, interrupts and resumes of a sweep on the real data, in subprocesses.
 
 A sweep is stopped at a known point (`tests.pause_flush`: a pause before the
-N-th MLflow batch of the process: 2 = the first validation, 3 = the second,
-4 = the trial's final batch), then resumed; afterwards both stores must agree that no
-trial was lost, none ran twice and no run was left RUNNING.
+N-th MLflow batch of the process: 1 = the trial's start, 2 = the first
+validation, 3 = the second, 4 = the trial's final batch), then resumed;
+afterwards both stores must agree that no trial was lost, none ran twice and no
+run was left RUNNING.
 """
 
 import collections
@@ -153,7 +154,8 @@ def test_interrupt_stops_cleanly_and_resume_finishes(tmp_path, home):
 
 
 def test_resume_with_another_file_refuses_and_changes_nothing(tmp_path, home):
-    proc = start_launch(tmp_path, home, 2)
+    # Stopped as its first trial starts: a study with a trial, untrained.
+    proc = start_launch(tmp_path, home, 1)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     other = tmp_path / "other.toml"
