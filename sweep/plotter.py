@@ -1,4 +1,4 @@
-"""The study report's files, rewritten after every trial by a low-priority process.
+"""The study report's plots, redrawn during a sweep by a low-priority process.
 
 Drawing the plots costs CPU (more as the study grows), a sizable share of a
 short trial. In the worker's process that time would be taken from training;
@@ -6,13 +6,14 @@ a training worker leaves part of its cores idle (its Python dispatch and XLA's
 kernels take turns), so the plots are drawn by a child process at the lowest
 CPU priority (nice 19), which mostly runs on that idle time.
 
-The worker asks for a drawing (the plots and trials.csv) after every trial by
-writing a line to the child's stdin. The child draws the study as it is when it
-starts a drawing; requests that arrive meanwhile are served by the next drawing
-(the latest state), so it never falls behind by more than one. The child exits when its
-stdin closes: when the worker ends it, and also when the worker dies, since the
-pipe closes with it. The worker draws the final plots itself, after the child
-has stopped.
+The worker asks for a drawing (the plots and trials.csv) when a trial ends and
+the last drawing is a minute old (`sweep.report`), by writing a line to the
+child's stdin; the child imports the plotting libraries at its first drawing.
+The child draws the study as it is when it starts a drawing; requests that
+arrive meanwhile are served by the next drawing (the latest state), so it never
+falls behind by more than one. The child exits when its stdin closes: when the
+worker ends it, and also when the worker dies, since the pipe closes with it.
+The worker draws the final plots itself, after the child has stopped.
 
 Every worker starts a plotter, but on one machine only one of a study's
 plotters draws: the one holding the study's lock file (in the temporary
