@@ -1,7 +1,7 @@
 """Benchmark: does a warm-started study reach an earlier study's best sooner?
 
     .venv/bin/python -m benchmarks.warm_start --source-home HOME [--seeds 7]
-        [--trials 40] [--out warm_start]
+        [--trials 40] [--arms cold,warm] [--out warm_start]
 
 HOME holds a finished run of the default study (`deep-retrieval`, e.g. a
 home `benchmarks.selection` left). For each seed, the default study (its
@@ -10,6 +10,7 @@ trials: cold, in a fresh home, and warm, in a copy of HOME with
 `[study] warm_start = ["deep-retrieval"]` (under another name). Counted for
 each: the new trials it ran until one reached the source study's best value
 (or none did), and its best new value after 10, 20 and all trials.
+`--arms warm` (or `cold`) runs one arm only.
 Results go to `benchmarks/results/<--out>.{json,md}`.
 """
 
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--source-home", type=Path, required=True)
     parser.add_argument("--seeds", default="7")
     parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--arms", default="cold,warm")
     parser.add_argument("--out", default="warm_start")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -90,7 +92,7 @@ def main() -> None:
     target = max(t.value for t in complete)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        for warm in (False, True):
+        for warm in [arm == "warm" for arm in args.arms.split(",")]:
             folder = Path(tempfile.mkdtemp(prefix=f"sweep-warm-{seed}-"))
             home = folder / "home"
             home.mkdir()
