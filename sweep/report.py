@@ -68,22 +68,19 @@ class StudyReport:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Refreshes after a trial; the plotter draws the plots if it can.
 
-        The metric, the description and trials.csv are written here. The plots
-        (and trials.csv with them) are drawn by the plotter once the last ones
-        are `PLOT_INTERVAL_SECONDS` old; without a plotter (or if it has died),
-        here, once they are old enough (`plot_interval`).
+        The metric, the description and trials.csv are written here. Once the
+        last plots are old enough (`plot_interval`), the plotter draws them (and
+        trials.csv with them); without a plotter (or if it has died), this
+        process does.
         """
-        # At most one drawing a minute either way: a drawing costs seconds and
-        # grows with the study, and the next trial's would replace it soon.
-        now = time.monotonic()
-        delegated = False
-        if self.plotter is not None and now - self._plotted_at >= PLOT_INTERVAL_SECONDS:
-            delegated = self.plotter.request()
-            if delegated:
-                self._plotted_at = now
-        due = not delegated and now - self._plotted_at >= self.plot_interval()
+        # One rule for both: a drawing costs seconds and grows with the study,
+        # and the next trial's would replace it soon.
+        due = time.monotonic() - self._plotted_at >= self.plot_interval()
+        delegated = due and self.plotter is not None and self.plotter.request()
+        if delegated:
+            self._plotted_at = time.monotonic()
         try:
-            self.refresh(study, draw=due, table=not delegated)
+            self.refresh(study, draw=due and not delegated, table=not delegated)
         except Exception as e:  # a report must never stop the sweep
             print(f"sweep: the study report was not refreshed ({e})", file=sys.stderr)
 

@@ -18,13 +18,13 @@ def shared_compilation_cache(tmp_path_factory):
     one through JAX's own variable lets the many small sweeps of the same
     shapes compile once per session.
     """
-    folder = tmp_path_factory.mktemp("jax-cache")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(folder))
+    folder = os.environ.setdefault(
+        "JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax-cache"))
+    )
     # And for the sweeps run in this process: JAX read its variable when the
     # test modules imported it, before this fixture set it.
     import jax
 
-    folder = os.environ["JAX_COMPILATION_CACHE_DIR"]
     jax.config.update("jax_compilation_cache_dir", folder)
 
 

@@ -244,6 +244,7 @@ def test_ui_and_a_running_sweep_do_not_break_each_other(home, tmp_path):
         experiment = line.split("/#/experiments/")[1].split("/")[0]
         base = f"http://127.0.0.1:{port}"
         search = f"{base}/ajax-api/2.0/mlflow/runs/search"
+        listing = f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_id="
         # Read as a user would while the sweep runs: every request must answer.
         seen_running, trial_counts, report_seen = False, [], False
         while launch.poll() is None:
@@ -259,7 +260,6 @@ def test_ui_and_a_running_sweep_do_not_break_each_other(home, tmp_path):
                       if r["info"]["run_name"] == "live"]  # fmt: skip
             running = any(r["info"]["status"] == "RUNNING" for r in trials)
             if parent and not report_seen and (running or len(trials) < 6):
-                listing = f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_id="
                 with urllib.request.urlopen(
                     f"{listing}{parent[0]}", timeout=10
                 ) as response:
@@ -279,8 +279,9 @@ def test_ui_and_a_running_sweep_do_not_break_each_other(home, tmp_path):
         assert len(trials) == 6
         assert {r["info"]["status"] for r in trials} == {"FINISHED"}
         # And the plots, drawn at the end.
-        listing = f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_id={parent[0]}"
-        with urllib.request.urlopen(f"{listing}&path=report", timeout=10) as response:
+        with urllib.request.urlopen(
+            f"{listing}{parent[0]}&path=report", timeout=10
+        ) as response:
             files = json.loads(response.read()).get("files", [])
         assert any(f["path"].endswith(".png") for f in files), files
         assert ui.poll() is None, "sweep ui stopped while the sweep ran"
