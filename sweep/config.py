@@ -9,7 +9,7 @@ n_trials = 40             # finished (complete + pruned) trials to reach
 timeout = "30m"           # optional: no trial starts after this (s, m or h)
 warm_start = ["old"]      # optional: start from these studies' finished trials
 seed = 42
-sampler = "tpe"           # tpe | tpe-multivariate | cmaes | qmc | random
+sampler = "tpe"           # tpe | tpe-multivariate | cmaes | qmc | gp | random
 pruner = "median"         # none | median | hyperband
 
 [training]
@@ -43,6 +43,7 @@ Every error names the file, the key, the value given and what is expected.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 import tomllib
@@ -53,7 +54,7 @@ from typing import Any
 from sweep import memory, params, servers
 from sweep.errors import ConfigError
 
-SAMPLERS = ("tpe", "tpe-multivariate", "cmaes", "qmc", "random")
+SAMPLERS = ("tpe", "tpe-multivariate", "cmaes", "qmc", "gp", "random")
 PRUNERS = ("none", "median", "hyperband")
 # Optuna's samplers and NumPy's global generator take 32-bit seeds only.
 SEED_MAX = 2**32 - 1
@@ -234,6 +235,20 @@ class _Reader:
         return value
 
 
+def _sampler(read: _Reader, table: dict) -> str:
+    sampler = read.choice(table, "[study] ", "sampler", SAMPLERS, "tpe")
+    # Optuna's GPSampler runs on PyTorch, which sweep does not depend on: say so
+    # before anything is created, not in the first trial.
+    if sampler == "gp" and importlib.util.find_spec("torch") is None:
+        raise read.fail(
+            "[study] sampler",
+            sampler,
+            "PyTorch installed for Optuna's GPSampler "
+            "(.venv/bin/pip install -e '.[gp]'), or another sampler",
+        )
+    return sampler
+
+
 def _toml(value) -> str:
     if isinstance(value, str):
         return f'"{value}"'
@@ -313,7 +328,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
         name=name,
         n_trials=read.integer(table, "[study] ", "n_trials"),
         seed=seed,
-        sampler=read.choice(table, "[study] ", "sampler", SAMPLERS, "tpe"),
+        sampler=_sampler(read, table),
         pruner=read.choice(table, "[study] ", "pruner", PRUNERS, "median"),
         timeout=_timeout(read, table.get("timeout")),
         warm_start=_warm_start(read, table.get("warm_start", []), name),

@@ -100,6 +100,10 @@ def make_sampler(
             return optuna.samplers.CmaEsSampler(
                 seed=seed, warn_independent_sampling=False
             )
+        if settings.sampler == "gp":
+            # Gaussian-process Bayesian optimisation (PyTorch, the `gp` extra).
+            # It has no constant liar: parallel workers may propose alike.
+            return optuna.samplers.GPSampler(seed=seed)
         # Workers on other processes or machines may join any study: TPE then
         # counts their running trials as bad results, instead of proposing the
         # point they are training (benchmarks/parallel_tpe.py).

@@ -1,3 +1,5 @@
+import importlib.util
+
 import pytest
 
 from sweep import memory
@@ -94,9 +96,9 @@ BAD = {
         "[space] embedding_dim = (missing): expected { low = ..., high = ... }",
     ),
     "unknown sampler": (
-        ('sampler = "tpe"', 'sampler = "gp"'),
-        '[study] sampler = "gp": expected one of tpe, tpe-multivariate, cmaes, qmc, '
-        "random",
+        ('sampler = "tpe"', 'sampler = "bayes"'),
+        '[study] sampler = "bayes": expected one of tpe, tpe-multivariate, cmaes, '
+        "qmc, gp, random",
     ),
     "zero trials": (
         ("n_trials = 3", "n_trials = 0"),
@@ -175,6 +177,21 @@ def test_bad_study_file_names_file_key_value_and_expectation(kind, tmp_path):
     assert text.startswith(f"{path}: ")
     assert message in text
     assert "\n" not in text
+
+
+def test_the_gp_sampler_asks_for_pytorch_where_it_is_missing(tmp_path):
+    # Optuna's GPSampler runs on PyTorch, an optional extra: without it the
+    # study file is refused in one line that says how to install it.
+    path = write(tmp_path, GOOD.replace('sampler = "tpe"', 'sampler = "gp"', 1))
+    if importlib.util.find_spec("torch") is not None:
+        assert load_study(path).study.sampler == "gp"
+        return
+    with pytest.raises(ConfigError) as error:
+        load_study(path)
+    assert str(error.value) == (
+        f'{path}: [study] sampler = "gp": expected PyTorch installed for Optuna\'s '
+        "GPSampler (.venv/bin/pip install -e '.[gp]'), or another sampler"
+    )
 
 
 def test_missing_file_is_named(tmp_path):
