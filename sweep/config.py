@@ -237,6 +237,17 @@ class _Reader:
 
 def _sampler(read: _Reader, table: dict) -> str:
     sampler = read.choice(table, "[study] ", "sampler", SAMPLERS, "tpe")
+    pruner = read.choice(table, "[study] ", "pruner", PRUNERS, "median")
+    # GPSampler models complete trials only: a pruned trial teaches it nothing,
+    # so under a pruner it proposes the pruned point again, trial after trial
+    # (benchmarks/README.md, sweep_samplers_gp).
+    if sampler == "gp" and pruner != "none":
+        raise read.fail(
+            "[study] sampler",
+            sampler,
+            'pruner = "none" beside it (Optuna\'s GPSampler ignores pruned trials '
+            f"and proposes them again; pruner is {_toml(pruner)}), or another sampler",
+        )
     # Optuna's GPSampler runs on PyTorch, which sweep does not depend on: say so
     # before anything is created, not in the first trial.
     if sampler == "gp" and importlib.util.find_spec("torch") is None:

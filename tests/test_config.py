@@ -182,7 +182,8 @@ def test_bad_study_file_names_file_key_value_and_expectation(kind, tmp_path):
 def test_the_gp_sampler_asks_for_pytorch_where_it_is_missing(tmp_path):
     # Optuna's GPSampler runs on PyTorch, an optional extra: without it the
     # study file is refused in one line that says how to install it.
-    path = write(tmp_path, GOOD.replace('sampler = "tpe"', 'sampler = "gp"', 1))
+    gp = GOOD.replace('sampler = "tpe"', 'sampler = "gp"', 1)
+    path = write(tmp_path, gp.replace('pruner = "median"', 'pruner = "none"', 1))
     if importlib.util.find_spec("torch") is not None:
         assert load_study(path).study.sampler == "gp"
         return
@@ -192,6 +193,25 @@ def test_the_gp_sampler_asks_for_pytorch_where_it_is_missing(tmp_path):
         f'{path}: [study] sampler = "gp": expected PyTorch installed for Optuna\'s '
         "GPSampler (.venv/bin/pip install -e '.[gp]'), or another sampler"
     )
+
+
+def test_the_gp_sampler_is_refused_under_a_pruner(tmp_path):
+    # It models complete trials only, so it would propose a pruned point again
+    # and again; the pruner is the study's default when the file names none.
+    gp = GOOD.replace('sampler = "tpe"', 'sampler = "gp"', 1)
+    for pruner, text in [
+        ("median", gp),
+        ("median", gp.replace('pruner = "median"\n', "", 1)),
+        ("hyperband", gp.replace('pruner = "median"', 'pruner = "hyperband"', 1)),
+    ]:
+        path = write(tmp_path, text)
+        with pytest.raises(ConfigError) as error:
+            load_study(path)
+        assert str(error.value) == (
+            f'{path}: [study] sampler = "gp": expected pruner = "none" beside it '
+            "(Optuna's GPSampler ignores pruned trials and proposes them again; "
+            f'pruner is "{pruner}"), or another sampler'
+        )
 
 
 def test_missing_file_is_named(tmp_path):
