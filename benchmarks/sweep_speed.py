@@ -303,17 +303,29 @@ def _write(runs: list[dict], out: str) -> None:
 def _samplers(runs: list[dict], marks: list[int]) -> str:
     """Each sampler's best at each mark, set against the study's own sampler.
 
-    Runs are grouped by pruner and workers. A mark is minutes since launch, or
-    each seed's first N finished trials (N the fewest any sampler finished on
-    that seed), which a slower or shared machine does not move. A sampler's
-    mean is over the seeds where every sampler of the group reached the mark.
+    Runs are grouped by workers; within a group, a sampler run with another
+    pruner than the study's (`gp` needs none) is its own arm, set against the
+    study's sampler with the study's pruner, as a user would choose between
+    them. A mark is minutes since launch, or each seed's first N finished
+    trials (N the fewest any arm finished on that seed), which a slower or
+    shared machine does not move. An arm's mean is over the seeds where every
+    arm of the group reached the mark.
     """
     own = _DEFAULT.study.sampler
+
+    def arm(run: dict) -> str:
+        sampler = run.get("sampler", own)
+        return (
+            sampler if run["pruner"] == "on" else f"{sampler}, pruner {run['pruner']}"
+        )
+
     lines = []
-    for pruner, workers in sorted({(r["pruner"], r["workers"]) for r in runs}):
-        group = [r for r in runs if (r["pruner"], r["workers"]) == (pruner, workers)]
-        names = sorted({r.get("sampler", own) for r in group})
-        if len(names) < 2 or own not in names:
+    for workers in sorted({r["workers"] for r in runs}):
+        group = [r for r in runs if r["workers"] == workers]
+        if len({r.get("sampler", own) for r in group}) < 2:
+            continue  # pruners compared, not samplers: see _pruning
+        names = sorted({arm(r) for r in group})
+        if own not in names:
             continue
         seeds = sorted({r["seed"] for r in group})
         fewest = {
@@ -321,10 +333,7 @@ def _samplers(runs: list[dict], marks: list[int]) -> str:
             for seed in seeds
         }
         for mark in [*marks, "trials"]:
-            table = {
-                (r.get("sampler", own), r["seed"]): _figure(r, mark, fewest)
-                for r in group
-            }
+            table = {(arm(r), r["seed"]): _figure(r, mark, fewest) for r in group}
             full = [
                 seed
                 for seed in seeds
@@ -341,7 +350,7 @@ def _samplers(runs: list[dict], marks: list[int]) -> str:
                 values = [table[(name, seed)] for seed in full]
                 wins = sum(table[(name, seed)] > table[(own, seed)] for seed in full)
                 lines.append(
-                    f"| {pruner} | {workers} | {label} | {name} | {len(full)} "
+                    f"| {workers} | {label} | {name} | {len(full)} "
                     f"| {sum(values) / len(values):.4f} | {min(values):.4f} "
                     f"| {max(values):.4f} | {'-' if name == own else wins} |\n"
                 )
@@ -350,11 +359,11 @@ def _samplers(runs: list[dict], marks: list[int]) -> str:
     return (
         "\nSamplers: the best val top-100 accuracy at each mark (minutes since "
         "launch, or within each seed's first N finished trials, seed by seed), "
-        "over the seeds where every sampler of the row's pruner and workers "
-        f"reached it; beats {own}: on how many of them the sampler's best is "
-        f"above {own}'s:\n\n"
-        "| pruner | workers | mark | sampler | seeds | mean best | min | max "
-        f"| beats {own} |\n|---|---|---|---|---|---|---|---|---|\n" + "".join(lines)
+        "over the seeds where every sampler of the row's workers reached it (with "
+        f"the median pruner unless named); beats {own}: on how many of them the "
+        f"sampler's best is above {own}'s:\n\n"
+        "| workers | mark | sampler | seeds | mean best | min | max "
+        f"| beats {own} |\n|---|---|---|---|---|---|---|---|\n" + "".join(lines)
     )
 
 
@@ -369,12 +378,17 @@ def _pruning(runs: list[dict]) -> str:
     """The pruning target (at least 2x less time to 0.33), per pair of runs.
 
     Each pruned run is set against the run without a pruner that has the same
-    workers and seed, on the same marks: 0.33, 0.365 and the best of the
-    unpruned run's baselines (a pruner may cut a baseline short).
+    workers, seed and sampler, on the same marks: 0.33, 0.365 and the best of
+    the unpruned run's baselines (a pruner may cut a baseline short).
     """
+    own = _DEFAULT.study.sampler
     lines = []
-    for workers, seed in sorted({(r["workers"], r["seed"]) for r in runs}):
-        pair = [r for r in runs if (r["workers"], r["seed"]) == (workers, seed)]
+
+    def key(run: dict) -> tuple:
+        return run["workers"], run["seed"], run.get("sampler", own)
+
+    for workers, seed, sampler in sorted({key(r) for r in runs}):
+        pair = [r for r in runs if key(r) == (workers, seed, sampler)]
         off = next((r for r in pair if r["pruner"] == "off"), None)
         if off is None:
             continue
