@@ -235,9 +235,8 @@ class _Reader:
         return value
 
 
-def _sampler(read: _Reader, table: dict) -> str:
+def _sampler(read: _Reader, table: dict, pruner: str) -> str:
     sampler = read.choice(table, "[study] ", "sampler", SAMPLERS, "tpe")
-    pruner = read.choice(table, "[study] ", "pruner", PRUNERS, "median")
     # GPSampler models complete trials only: a pruned trial teaches it nothing,
     # so under a pruner it proposes the pruned point again, trial after trial
     # (benchmarks/README.md, sweep_samplers_gp).
@@ -335,12 +334,13 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     seed = table.get("seed", 42)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise read.fail("[study] seed", seed, f"a whole number from 0 to {SEED_MAX}")
+    pruner = read.choice(table, "[study] ", "pruner", PRUNERS, "median")
     study = StudySettings(
         name=name,
         n_trials=read.integer(table, "[study] ", "n_trials"),
         seed=seed,
-        sampler=_sampler(read, table),
-        pruner=read.choice(table, "[study] ", "pruner", PRUNERS, "median"),
+        sampler=_sampler(read, table, pruner),
+        pruner=pruner,
         timeout=_timeout(read, table.get("timeout")),
         warm_start=_warm_start(read, table.get("warm_start", []), name),
     )

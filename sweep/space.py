@@ -102,7 +102,7 @@ def make_sampler(
             )
         if settings.sampler == "gp":
             # Gaussian-process Bayesian optimisation (PyTorch, the `gp` extra).
-            # It has no constant liar: parallel workers may propose alike.
+            # It weighs other workers' running trials itself (q-batch EI).
             return optuna.samplers.GPSampler(seed=seed)
         # Workers on other processes or machines may join any study: TPE then
         # counts their running trials as bad results, instead of proposing the
