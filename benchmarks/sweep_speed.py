@@ -389,6 +389,7 @@ def _pruning(runs: list[dict]) -> str:
 
     for workers, seed, sampler in sorted({key(r) for r in runs}):
         pair = [r for r in runs if key(r) == (workers, seed, sampler)]
+        named = "" if sampler == own else f", {sampler}"
         off = next((r for r in pair if r["pruner"] == "off"), None)
         if off is None:
             continue
@@ -404,8 +405,8 @@ def _pruning(runs: list[dict]) -> str:
                 if when_on is None or when_off is None:
                     continue
                 lines.append(
-                    f"- {workers} worker(s), seed {seed}, to beat {name}: pruner "
-                    f"{on['pruner']} {when_on:.0f} s, off {when_off:.0f} s: "
+                    f"- {workers} worker(s), seed {seed}{named}, to beat {name}: "
+                    f"pruner {on['pruner']} {when_on:.0f} s, off {when_off:.0f} s: "
                     f"{when_off / when_on:.2f}x (target 2x); first beaten by trial "
                     f"{trial_on} ({on['pruner']}) and {trial_off} (off)\n"
                 )

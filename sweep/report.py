@@ -75,10 +75,11 @@ class StudyReport:
         """
         # One rule for both: a drawing costs seconds and grows with the study,
         # and the next trial's would replace it soon.
-        due = time.monotonic() - self._plotted_at >= self.plot_interval()
+        now = time.monotonic()
+        due = now - self._plotted_at >= self.plot_interval()
         delegated = due and self.plotter is not None and self.plotter.request()
         if delegated:
-            self._plotted_at = time.monotonic()
+            self._plotted_at = now
         try:
             self.refresh(study, draw=due and not delegated, table=not delegated)
         except Exception as e:  # a report must never stop the sweep
