@@ -11,6 +11,9 @@ trials: cold, in a fresh home, and warm, in a copy of HOME with
 each: the new trials it ran until one reached the source study's best value
 (or none did), and its best new value after 10, 20 and all trials.
 `--arms warm` (or `cold`) runs one arm only.
+`--extend RESULT` instead continues the runs of an earlier result
+(`benchmarks/results/RESULT.json`, whose folders must still exist) with
+`sweep resume` until each holds `--trials` new trials.
 Results go to `benchmarks/results/<--out>.{json,md}`.
 """
 
@@ -20,7 +23,9 @@ import argparse
 import json
 import os
 import sqlite3
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -68,8 +73,28 @@ def _curve(home: Path, name: str, target: float) -> dict:
         "new_trials": len(new),
         "imported": study.user_attrs.get(keys.IMPORTED_ATTR, 0),
         "reached_after": reached,
-        "best_after": {n: running[n - 1] for n in (10, 20, len(new)) if n <= len(new)},
+        "best_after": {
+            n: running[n - 1] for n in (10, 20, 40, len(new)) if n <= len(new)
+        },
     }
+
+
+def _extend(run: dict, trials: int, target: float) -> dict:
+    """Continues one earlier run's study to `trials` new trials; its new row."""
+    home = Path(run["folder"]) / "home"
+    name = "warm" if run["warm"] else "cold"
+    env = {**os.environ, "SWEEP_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    print(f"seed {run['seed']}: {name} continued in {run['folder']}", flush=True)
+    start = time.time()
+    with open(home.parent / "resume.log", "w") as log:
+        subprocess.run(
+            [str(REPO / ".venv" / "bin" / "sweep"), "resume", name,
+             "--n-trials", str(trials), "--data-source", "recbole"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+        )  # fmt: skip
+    minutes = run["minutes"] + (time.time() - start) / 60
+    return {**run, "minutes": minutes, **_curve(home, name, target)}
 
 
 def main() -> None:
@@ -80,6 +105,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--arms", default="cold,warm")
     parser.add_argument("--out", default="warm_start")
+    parser.add_argument("--extend", help="an earlier result's name to continue")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data_home = Path(
@@ -91,7 +117,13 @@ def main() -> None:
     complete = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     target = max(t.value for t in complete)
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    if args.extend:
+        earlier = json.loads((RESULTS / f"{args.extend}.json").read_text())
+        rows = [_extend(run, args.trials, target) for run in earlier["runs"]]
+        for row in rows:
+            print(row, flush=True)
+    seeds = [] if args.extend else [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:
         for warm in [arm == "warm" for arm in args.arms.split(",")]:
             folder = Path(tempfile.mkdtemp(prefix=f"sweep-warm-{seed}-"))
             home = folder / "home"
@@ -129,11 +161,11 @@ def _markdown(result: dict) -> str:
     lines = [
         f"Source: the default study, {result['source_trials']} trials, best "
         f"{result['source_best']:.4f}. New trials until one reached it; the best "
-        "new value after 10, 20 and all new trials.",
+        "new value after 10, 20, 40 and all new trials.",
         "",
         "| seed | start | imported | new trials | reached source best after | "
-        "best @10 | best @20 | best @all | minutes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "best @10 | best @20 | best @40 | best @all | minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         after = r["best_after"]
@@ -145,7 +177,7 @@ def _markdown(result: dict) -> str:
         lines.append(
             f"| {r['seed']} | {'warm' if r['warm'] else 'cold'} | {r['imported']} | "
             f"{r['new_trials']} | {r['reached_after'] or 'not reached'} | "
-            f"{shown(10)} | {shown(20)} | {shown(r['new_trials'])} | "
+            f"{shown(10)} | {shown(20)} | {shown(40)} | {shown(r['new_trials'])} | "
             f"{r['minutes']:.1f} |"
         )
     return "\n".join(lines) + "\n"

@@ -16,11 +16,15 @@ def shared_compilation_cache(tmp_path_factory):
 
     Each test has its own SWEEP_HOME (and so its own default cache); sharing
     one through JAX's own variable lets the many small sweeps of the same
-    shapes compile once per session.
+    shapes compile once per run. Parallel test workers share it too (in the
+    folder above their own temporary folders), as the workers of one sweep
+    share their home's: most synthetic sweeps train the same few shapes.
     """
-    folder = os.environ.setdefault(
-        "JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax-cache"))
-    )
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "jax-cache"))
+    Path(folder).mkdir(exist_ok=True)
     # And for the sweeps run in this process: JAX read its variable when the
     # test modules imported it, before this fixture set it.
     import jax

@@ -247,6 +247,24 @@ def study_file(tmp_path, name="t", n_trials=2, sampler="tpe", rates="0.05, 0.1",
     return path
 
 
+def one_architecture(path):
+    """Narrows a `study_file`'s space to the baseline's architecture.
+
+    Only the learning rate then varies, which needs no new compilation: for
+    tests of how trials are shared or stopped rather than of what they train.
+    """
+    text = path.read_text()
+    for line, narrow in [
+        ("depth = { low = 1, high = 2 }", "depth = { choices = [1] }"),
+        ("width = { choices = [8, 16] }", "width = { choices = [8] }"),
+        ("embedding_dim = { choices = [8, 16] }", "embedding_dim = { choices = [8] }"),
+    ]:
+        assert line in text, line
+        text = text.replace(line, narrow)
+    path.write_text(text)
+    return path
+
+
 def baseline(lr):
     return (
         f"[[baselines]]\ndepth = 1\nwidth = 8\nembedding_dim = 8\n"

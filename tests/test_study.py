@@ -1,5 +1,6 @@
 """`sweep launch` on the synthetic data: what the stores hold afterwards."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -15,12 +16,19 @@ from sweep import config, train
 from sweep import stores as stores_module
 from sweep import study as study_module
 from sweep.errors import SweepError
-from sweep.keys import BEST_ARTIFACT, PARENT_RUN_ATTR, RUN_ID_ATTR, TARGET_ATTR
+from sweep.keys import (
+    BEST_ARTIFACT,
+    PARENT_RUN_ATTR,
+    RUN_ID_ATTR,
+    TARGET_ATTR,
+    WORKER_ATTR,
+)
 from tests.helpers import (
     STUDY,
     SWEEP,
     assert_one_line_error,
     baseline,
+    one_architecture,
     run_main,
     run_sweep,
     share_cache,
@@ -175,6 +183,7 @@ def test_same_study_file_proposes_the_same_first_trials(launched):
 def test_four_workers_share_one_sqlite_study_exactly(tmp_path, spec, cached_home):
     path = study_file(tmp_path, name="par", n_trials=6, sampler="random",
                       rates="0.05, 0.1, 0.2")  # fmt: skip
+    one_architecture(path)
     home = cached_home
     result = launch(path, spec, home, "--workers", "4")
     output = result.stdout + result.stderr
@@ -203,6 +212,7 @@ def test_ctrl_c_on_workers_requeues_every_trial_and_says_so_once(
 ):
     path = study_file(tmp_path, name="stop", n_trials=50, sampler="random",
                       rates="0.05, 0.1, 0.2")  # fmt: skip
+    one_architecture(path)
     proc = subprocess.Popen(
         [SWEEP, "launch", str(path), "--data-source", spec, "--workers", "2"],
         env={**os.environ, "SWEEP_HOME": str(cached_home)},
@@ -210,14 +220,23 @@ def test_ctrl_c_on_workers_requeues_every_trial_and_says_so_once(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 300
-    while _count(cached_home, "stop", "RUNNING") < 2:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the workers never started trials"
-        time.sleep(0.5)
     # One worker stops cleanly; the other cannot (as if stuck in a long XLA
     # compilation) and is killed with its trial RUNNING once its time is up.
-    os.kill(_workers_of(proc.pid)[0], signal.SIGSTOP)
+    # It is frozen inside a trial it has named itself on: frozen between
+    # Optuna's making a trial and its naming itself, it would leave the trial
+    # to a later worker or resume (`retries.fail_unclaimed_trials`).
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the workers never ran two trials"
+        running = _running_pids(cached_home, "stop")
+        frozen = next(iter(running), None)
+        if len(running) == 2 and frozen in _workers_of(proc.pid):
+            os.kill(frozen, signal.SIGSTOP)
+            if frozen in _running_pids(cached_home, "stop"):
+                break
+            os.kill(frozen, signal.SIGCONT)  # its trial ended meanwhile
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
@@ -238,6 +257,24 @@ def _workers_of(pid: int) -> list[int]:
             if b"--worker-index" in f.read():
                 workers.append(child)
     return workers
+
+
+def _running_pids(home, name: str) -> set[int]:
+    """The processes named on the study's RUNNING trials (read-only)."""
+    path = home / "optuna.db"
+    if not path.exists():
+        return set()
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute(
+                "SELECT value_json FROM trial_user_attributes "
+                "JOIN trials USING (trial_id) JOIN studies USING (study_id) "
+                "WHERE study_name = ? AND state = 'RUNNING' AND key = ?",
+                (name, WORKER_ATTR),
+            ).fetchall()
+    except sqlite3.OperationalError:  # its tables not made yet
+        return set()
+    return {json.loads(value)["pid"] for (value,) in rows}
 
 
 def _count(home, name: str, state: str) -> int:
