@@ -138,7 +138,9 @@ def test_interrupt_stops_cleanly_and_resume_finishes(tmp_path, home):
     start = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
-    assert time.monotonic() - start < 10, "stopping took too long"
+    # Seconds of clean-up, not the rest of the trial (its state says which);
+    # generous, as the test workers load the machine.
+    assert time.monotonic() - start < 20, "stopping took too long"
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "sweep resume crash" in stderr
