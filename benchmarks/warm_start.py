@@ -94,7 +94,37 @@ def _extend(run: dict, trials: int, target: float) -> dict:
             env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
         )  # fmt: skip
     minutes = run["minutes"] + (time.time() - start) / 60
-    return {**run, "minutes": minutes, **_curve(home, name, target)}
+    row = {**run, "minutes": minutes, **_curve(home, name, target)}
+    print(row, flush=True)
+    return row
+
+
+def _launch(
+    seed: int, warm: bool, args: argparse.Namespace, target: float, data_home: Path
+) -> dict:
+    """Launches one arm (cold, or warm from a copy of the source); its row."""
+    folder = Path(tempfile.mkdtemp(prefix=f"sweep-warm-{seed}-"))
+    home = folder / "home"
+    home.mkdir()
+    if warm:
+        for name in ("optuna.db", "mlflow.db"):
+            # SQLite's backup: the copy holds what the WAL has too.
+            with (
+                sqlite3.connect(args.source_home / name) as src,
+                sqlite3.connect(home / name) as dst,
+            ):
+                src.backup(dst)
+    print(f"seed {seed}: {'warm' if warm else 'cold'} in {folder}", flush=True)
+    start, end = launch_text(home, _study_text(seed, args.trials, warm), data_home)
+    row = {
+        "seed": seed,
+        "warm": warm,
+        "minutes": (end - start) / 60,
+        "folder": str(folder),
+        **_curve(home, "warm" if warm else "cold", target),
+    }
+    print(row, flush=True)
+    return row
 
 
 def main() -> None:
@@ -116,40 +146,15 @@ def main() -> None:
     )
     complete = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     target = max(t.value for t in complete)
-    rows = []
     if args.extend:
         earlier = json.loads((RESULTS / f"{args.extend}.json").read_text())
         rows = [_extend(run, args.trials, target) for run in earlier["runs"]]
-        for row in rows:
-            print(row, flush=True)
-    seeds = [] if args.extend else [int(s) for s in args.seeds.split(",")]
-    for seed in seeds:
-        for warm in [arm == "warm" for arm in args.arms.split(",")]:
-            folder = Path(tempfile.mkdtemp(prefix=f"sweep-warm-{seed}-"))
-            home = folder / "home"
-            home.mkdir()
-            if warm:
-                for name in ("optuna.db", "mlflow.db"):
-                    # SQLite's backup: the copy holds what the WAL has too.
-                    with (
-                        sqlite3.connect(args.source_home / name) as src,
-                        sqlite3.connect(home / name) as dst,
-                    ):
-                        src.backup(dst)
-            print(f"seed {seed}: {'warm' if warm else 'cold'} in {folder}", flush=True)
-            start, end = launch_text(
-                home, _study_text(seed, args.trials, warm), data_home
-            )
-            minutes = (end - start) / 60
-            row = {
-                "seed": seed,
-                "warm": warm,
-                "minutes": minutes,
-                "folder": str(folder),
-                **_curve(home, "warm" if warm else "cold", target),
-            }
-            rows.append(row)
-            print(row, flush=True)
+    else:
+        rows = [
+            _launch(int(seed), arm == "warm", args, target, data_home)
+            for seed in args.seeds.split(",")
+            for arm in args.arms.split(",")
+        ]
     RESULTS.mkdir(exist_ok=True)
     result = {"source_best": target, "source_trials": len(source.trials), "runs": rows}
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2))
