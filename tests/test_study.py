@@ -259,38 +259,42 @@ def _workers_of(pid: int) -> list[int]:
     return workers
 
 
-def _running_pids(home, name: str) -> set[int]:
-    """The processes named on the study's RUNNING trials (read-only)."""
+def _read(home, sql: str, args: tuple) -> list[tuple]:
+    """Rows of the home's Optuna store, read without creating anything.
+
+    No rows before the store and its tables exist.
+    """
     path = home / "optuna.db"
     if not path.exists():
-        return set()
+        return []
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            rows = db.execute(
-                "SELECT value_json FROM trial_user_attributes "
-                "JOIN trials USING (trial_id) JOIN studies USING (study_id) "
-                "WHERE study_name = ? AND state = 'RUNNING' AND key = ?",
-                (name, WORKER_ATTR),
-            ).fetchall()
+            return db.execute(sql, args).fetchall()
     except sqlite3.OperationalError:  # its tables not made yet
-        return set()
+        return []
+
+
+def _running_pids(home, name: str) -> set[int]:
+    """The processes named on the study's RUNNING trials."""
+    rows = _read(
+        home,
+        "SELECT value_json FROM trial_user_attributes "
+        "JOIN trials USING (trial_id) JOIN studies USING (study_id) "
+        "WHERE study_name = ? AND state = 'RUNNING' AND key = ?",
+        (name, WORKER_ATTR),
+    )
     return {json.loads(value)["pid"] for (value,) in rows}
 
 
 def _count(home, name: str, state: str) -> int:
-    """The study's trials in `state`, read without creating anything (0 before)."""
-    path = home / "optuna.db"
-    if not path.exists():
-        return 0
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            return db.execute(
-                "SELECT count(*) FROM trials JOIN studies USING (study_id) "
-                "WHERE study_name = ? AND state = ?",
-                (name, state),
-            ).fetchone()[0]
-    except sqlite3.OperationalError:  # its tables not made yet
-        return 0
+    """The study's trials in `state` (0 before the store exists)."""
+    rows = _read(
+        home,
+        "SELECT count(*) FROM trials JOIN studies USING (study_id) "
+        "WHERE study_name = ? AND state = ?",
+        (name, state),
+    )
+    return rows[0][0] if rows else 0
 
 
 def test_resume_of_unknown_study_is_one_line(tmp_path, spec):
