@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from sweep import confirm, keys, params
 
@@ -186,6 +186,11 @@ def optuna_plot(study: optuna.Study, name: str, folder: Path) -> bool:
         Whether it was drawn: some need more trials (e.g. parameter importances
         need two complete trials that differ).
     """
+    importances = name == "param_importances"
+    if importances and len(study.get_trials(False, (TrialState.COMPLETE,))) < 2:
+        # Optuna would draw one trial's importances as if they meant something,
+        # after importing scikit-learn for its random forest (seconds).
+        return False
     import optuna.visualization as plotly_plots
     import optuna.visualization.matplotlib as matplotlib_plots
 
@@ -198,7 +203,6 @@ def optuna_plot(study: optuna.Study, name: str, folder: Path) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # Both drawings of the importances show one evaluation.
-            importances = name == "param_importances"
             kwargs = {"evaluator": _importances()} if importances else {}
             figure = getattr(plotly_plots, f"plot_{name}")(study, **kwargs)
             # Inline plotly.js: the HTML must render on machines without internet.

@@ -5,9 +5,14 @@ from pathlib import Path
 import pytest
 
 import sweep  # noqa: F401  (sets KERAS_BACKEND before any test imports keras)
-from sweep import data, movielens, stores
+from sweep import data, movielens
 from tests import postgres, synthetic
-from tests.helpers import MLFLOW_TEMPLATE, REPO, share_cache, skip_without_postgres
+from tests.helpers import (
+    REPO,
+    make_mlflow_template,
+    share_cache,
+    skip_without_postgres,
+)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -64,10 +69,7 @@ def synthetic_home(tmp_path_factory, synthetic_spec):
     """
     home = tmp_path_factory.mktemp("synthetic-home")
     data.load(synthetic_spec, home=home, log=lambda _: None)
-    # And an empty MLflow store, made as a sweep makes one: creating it runs
-    # MLflow's migrations (seconds), which homes sharing the cache then skip.
-    template = f"sqlite:///{home / MLFLOW_TEMPLATE}"
-    stores.open_tracker(stores.resolve_stores(home, tracking_uri=template))
+    make_mlflow_template(home)
     return home
 
 
@@ -101,6 +103,7 @@ def real_features(real_home):
     # others then read what it made.
     with open(real_home / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        make_mlflow_template(real_home)
         return data.load("recbole", home=real_home, log=lambda _: None)
 
 

@@ -13,12 +13,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+import mlflow.version
 import pytest
 
+from sweep import stores
 from sweep.data import Vocabulary
 from tests import postgres
 
@@ -119,14 +122,44 @@ def assert_one_line_error(result, *fragments, code=1):
 
 def share_real_data(home, real_home):
     """Makes `home` a sweep home that uses the real data's cache and wheel."""
-    home.mkdir(exist_ok=True)
-    (home / "cache").symlink_to(real_home / "cache")
+    share_cache(home, real_home / "cache")
     (home / "downloads").symlink_to(real_home / "downloads")
     return home
 
 
-# Beside the shared synthetic cache (`synthetic_home`): an empty MLflow store.
-MLFLOW_TEMPLATE = "mlflow-template.db"
+# Beside a shared data cache (`synthetic_home`, `real_home`): an empty MLflow
+# store. Named by MLflow's version: `real_home` outlives an upgrade, and MLflow
+# refuses a store whose schema is older than its own.
+MLFLOW_TEMPLATE = f"mlflow-template-{mlflow.version.VERSION}.db"
+
+
+def make_mlflow_template(home: Path) -> None:
+    """Writes `MLFLOW_TEMPLATE` into `home` as a sweep makes its store, if missing.
+
+    Creating a store runs MLflow's migrations (seconds), which the homes that
+    share `home`'s cache then skip (`share_cache`). Made in a scratch folder and
+    renamed into place, so a reader never copies half a store.
+    """
+    template = home / MLFLOW_TEMPLATE
+    if template.is_file():
+        return
+    with tempfile.TemporaryDirectory(dir=home) as scratch:
+        store = Path(scratch) / "mlflow.db"
+        stores.open_tracker(
+            stores.resolve_stores(Path(scratch), tracking_uri=f"sqlite:///{store}")
+        )
+        # The store is in WAL mode: copied through SQLite, not as a file.
+        _copy_store(store, Path(scratch) / MLFLOW_TEMPLATE)
+        (Path(scratch) / MLFLOW_TEMPLATE).rename(template)
+
+
+def _copy_store(source: Path, target: Path) -> None:
+    """Copies the SQLite database `source` (with its WAL) into `target`."""
+    with (
+        contextlib.closing(sqlite3.connect(source)) as reader,
+        contextlib.closing(sqlite3.connect(target)) as copy,
+    ):
+        reader.backup(copy)
 
 
 def share_cache(home: Path, cache: Path) -> Path:
@@ -142,11 +175,7 @@ def share_cache(home: Path, cache: Path) -> Path:
     (home / "cache").symlink_to(cache)
     template = cache.parent / MLFLOW_TEMPLATE
     if template.is_file():
-        with (
-            contextlib.closing(sqlite3.connect(template)) as source,
-            contextlib.closing(sqlite3.connect(home / "mlflow.db")) as copy,
-        ):
-            source.backup(copy)
+        _copy_store(template, home / "mlflow.db")
     return home
 
 

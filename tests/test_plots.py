@@ -43,3 +43,14 @@ def test_the_same_trials_give_the_same_importances(study, tmp_path):
     assert (tmp_path / "a" / "param_importances.png").read_bytes() == (
         tmp_path / "b" / "param_importances.png"
     ).read_bytes()
+
+
+def test_importances_of_one_complete_trial_are_not_drawn(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: t.suggest_float("lr", 0.01, 0.5), n_trials=1)
+    study.enqueue_trial({"lr": 0.2})
+    study.ask()  # a second trial, still running: not one to weigh
+    assert not plots.optuna_plot(study, "param_importances", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    study.optimize(lambda t: t.suggest_float("lr", 0.01, 0.5), n_trials=1)
+    assert plots.optuna_plot(study, "param_importances", tmp_path)
