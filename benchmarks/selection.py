@@ -50,11 +50,16 @@ _EVAL_STREAM = 0x6576616C  # "eval"
 
 
 def _launch(
-    seed: int, data_home: Path, n_trials: int | None, stage: str | None
+    seed: int,
+    data_home: Path,
+    n_trials: int | None,
+    stage: str | None,
+    sampler: str | None = None,
 ) -> tuple[Path, float, float]:
     """Runs the default study with `seed` to its end; its folder, start and end.
 
-    `n_trials` and `stage` ("KxS": finalists x seeds) replace the study's own.
+    `n_trials`, `stage` ("KxS": finalists x seeds) and `sampler` replace the
+    study's own.
     """
     folder = Path(tempfile.mkdtemp(prefix=f"sweep-selection-{seed}-"))
     home = folder / "home"
@@ -66,6 +71,10 @@ def _launch(
     if n_trials:
         text = text.replace(
             f"n_trials = {default.study.n_trials}", f"n_trials = {n_trials}", 1
+        )
+    if sampler:
+        text = text.replace(
+            f'sampler = "{default.study.sampler}"', f'sampler = "{sampler}"', 1
         )
     if stage:
         finalists, seeds = stage.split("x")
@@ -140,11 +149,12 @@ def _one_seed(
     n_trials: int | None,
     folder: Path | None,
     stage: str | None = None,
+    sampler: str | None = None,
 ) -> dict:
     """Runs (or reads) one study, then retrains every finalist with fresh seeds."""
     if folder is None:
         print(f"study seed {seed}: launching the default study", flush=True)
-        folder, start, end = _launch(seed, data_home, n_trials, stage)
+        folder, start, end = _launch(seed, data_home, n_trials, stage, sampler)
     else:
         start = (folder / "deep_retrieval.toml").stat().st_mtime
         end = None
@@ -282,6 +292,7 @@ def main() -> None:
     parser.add_argument(
         "--stage", help="the study's [confirm] plan, KxS (default: the study's own)"
     )
+    parser.add_argument("--sampler", help="the study's sampler (default: its own)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data_home = Path(
@@ -300,6 +311,7 @@ def main() -> None:
                 args.n_trials,
                 read.get(seed),
                 args.stage,
+                args.sampler,
             )
         )
         RESULTS.mkdir(exist_ok=True)
