@@ -11,6 +11,7 @@ warm_start = ["old"]      # optional: start from these studies' finished trials
 seed = 42
 sampler = "tpe"           # tpe | tpe-multivariate | cmaes | qmc | gp | random
 pruner = "median"         # none | median | hyperband
+prune_from_epoch = 10     # optional: no trial is stopped before this epoch
 
 [training]
 epochs = 30
@@ -79,6 +80,9 @@ class StudySettings:
     seed: int = 42
     sampler: str = "tpe"
     pruner: str = "median"
+    # The first epoch at which the pruner may stop a trial (None: its first
+    # validation).
+    prune_from_epoch: int | None = None
     # Seconds after a launch or resume when no more trials start (None: none).
     timeout: float | None = None
     # Studies (in the same storage) whose finished trials a launch imports.
@@ -321,7 +325,16 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     read.no_unknown(
         table,
         "[study] ",
-        ("name", "n_trials", "seed", "sampler", "pruner", "timeout", "warm_start"),
+        (
+            "name",
+            "n_trials",
+            "seed",
+            "sampler",
+            "pruner",
+            "prune_from_epoch",
+            "timeout",
+            "warm_start",
+        ),
     )
     name = table.get("name", _MISSING)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -341,6 +354,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
         seed=seed,
         sampler=_sampler(read, table, pruner),
         pruner=pruner,
+        prune_from_epoch=table.get("prune_from_epoch"),
         timeout=_timeout(read, table.get("timeout")),
         warm_start=_warm_start(read, table.get("warm_start", []), name),
     )
@@ -352,6 +366,14 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
         validation_freq=read.integer(table, "[training] ", "validation_freq", 5),
         batch_size=read.integer(table, "[training] ", "batch_size", 1000),
     )
+    if study.prune_from_epoch is not None:
+        # Checked against [training]: past the last epoch nothing is pruned.
+        read.integer(
+            {"prune_from_epoch": study.prune_from_epoch},
+            "[study] ",
+            "prune_from_epoch",
+            maximum=training.epochs,
+        )
 
     table = read.table(doc, "space")
     read.no_unknown(table, "[space] ", params.NAMES)

@@ -117,11 +117,19 @@ def make_sampler(
 def make_pruner(
     settings: config_module.StudySettings, training: config_module.TrainingSettings
 ) -> optuna.pruners.BasePruner:
-    """The study's pruner; steps are epochs, reported at each validation."""
+    """The study's pruner; steps are epochs, reported at each validation.
+
+    No trial is stopped before `[study] prune_from_epoch` (by default, the
+    first validation): deeper models start slower, and a median taken at the
+    first validation can stop the configurations that end best.
+    """
     if settings.pruner == "none":
         return optuna.pruners.NopPruner()
+    first = settings.prune_from_epoch or 0
     if settings.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=training.validation_freq, max_resource=training.epochs
+            min_resource=max(first, training.validation_freq),
+            max_resource=training.epochs,
         )
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    # Optuna prunes from the step equal to `n_warmup_steps` on.
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=first)

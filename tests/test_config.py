@@ -159,6 +159,14 @@ BAD = {
         ("[space]", '[data]\ntest_fraction = "10%"\n[space]'),
         '[data] test_fraction = "10%": expected a number from 0',
     ),
+    "pruning past the last epoch": (
+        ('pruner = "median"', 'pruner = "median"\nprune_from_epoch = 5'),
+        "[study] prune_from_epoch = 5: expected a whole number from 1 to 4",
+    ),
+    "pruning from a fraction of an epoch": (
+        ('pruner = "median"', 'pruner = "median"\nprune_from_epoch = 2.5'),
+        "[study] prune_from_epoch = 2.5: expected a whole number from 1 to 4",
+    ),
     "unknown data key": (
         ("[space]", "[data]\nsource = 1\n[space]"),
         "[data] source is not a known key; expected one of test_fraction",

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from sweep.config import SAMPLERS, Param, load_study
-from sweep.space import distribution, make_sampler, suggest, trial_seed
+from sweep.space import distribution, make_pruner, make_sampler, suggest, trial_seed
 
 DEFAULT_STUDY = Path(__file__).parent.parent / "studies" / "deep_retrieval.toml"
 
@@ -119,3 +119,39 @@ def test_sampler_names_pick_optuna_samplers():
     assert isinstance(made("qmc"), optuna.samplers.QMCSampler)
     assert isinstance(made("random"), optuna.samplers.RandomSampler)
     assert isinstance(made("gp"), optuna.samplers.GPSampler)
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_no_trial_is_pruned_before_prune_from_epoch(pruner):
+    # Trials report at every 5th epoch: five good curves, then good and bad
+    # ones in turn. The earliest epoch any trial is stopped at is the first
+    # validation by default, epoch 10 when the study file says so (Hyperband's
+    # first rung), and none when pruning is off.
+    study_file = load_study(DEFAULT_STUDY)
+
+    def first_pruned_epoch(**changes) -> int | None:
+        changes = {"pruner": pruner, **changes}
+        settings = dataclasses.replace(study_file.study, **changes)
+        study = optuna.create_study(
+            direction="maximize",
+            sampler=optuna.samplers.RandomSampler(seed=0),
+            pruner=make_pruner(settings, study_file.training),
+        )
+        pruned_at = []
+        for number in range(40):
+            trial = study.ask()
+            bad = number >= 5 and number % 2
+            for epoch in range(5, study_file.training.epochs + 1, 5):
+                trial.report(0.01 if bad else 0.3 + epoch / 100, epoch)
+                if trial.should_prune():
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    pruned_at.append(epoch)
+                    break
+            else:
+                study.tell(trial, 0.3)
+        return min(pruned_at, default=None)
+
+    assert first_pruned_epoch() == 5
+    assert first_pruned_epoch(prune_from_epoch=10) == 10
+    assert first_pruned_epoch(prune_from_epoch=3) == 5
+    assert first_pruned_epoch(pruner="none", prune_from_epoch=10) is None
