@@ -125,8 +125,9 @@ def test_sampler_names_pick_optuna_samplers():
 def test_no_trial_is_pruned_before_prune_from_epoch(pruner):
     # Trials report at every 5th epoch: five good curves, then good and bad
     # ones in turn. The earliest epoch any trial is stopped at is the first
-    # validation by default, epoch 10 when the study file says so (Hyperband's
-    # first rung), and none when pruning is off.
+    # validation when the study file names no epoch, the one it names
+    # (Hyperband's first rung), as the default study's 10 does, and none when
+    # pruning is off.
     study_file = load_study(DEFAULT_STUDY)
 
     def first_pruned_epoch(**changes) -> int | None:
@@ -151,7 +152,8 @@ def test_no_trial_is_pruned_before_prune_from_epoch(pruner):
                 study.tell(trial, 0.3)
         return min(pruned_at, default=None)
 
-    assert first_pruned_epoch() == 5
-    assert first_pruned_epoch(prune_from_epoch=10) == 10
+    assert first_pruned_epoch(prune_from_epoch=None) == 5
+    assert first_pruned_epoch() == 10
+    assert first_pruned_epoch(prune_from_epoch=15) == 15
     assert first_pruned_epoch(prune_from_epoch=3) == 5
     assert first_pruned_epoch(pruner="none", prune_from_epoch=10) is None
