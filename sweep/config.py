@@ -88,6 +88,13 @@ class StudySettings:
     # Studies (in the same storage) whose finished trials a launch imports.
     warm_start: tuple[str, ...] = ()
 
+    @property
+    def pruner_text(self) -> str:
+        """The pruner as a launch names it, e.g. "median from epoch 10"."""
+        if self.pruner == "none" or self.prune_from_epoch is None:
+            return self.pruner
+        return f"{self.pruner} from epoch {self.prune_from_epoch}"
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSettings:

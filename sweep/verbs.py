@@ -138,7 +138,7 @@ def launch(
     print(
         f"study {settings.name!r}: {session.target - session.imported} trials of "
         f"{training.epochs} epochs, sampler {settings.sampler}, pruner "
-        f"{settings.pruner}"
+        f"{settings.pruner_text}"
     )
     return _work(session, stores, home, features, options, started)
 

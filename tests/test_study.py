@@ -412,6 +412,28 @@ def test_a_time_budget_ends_the_sweep_and_resume_takes_another(
     assert_one_line_error(bad, "argument --timeout: '5x' is not a duration", code=2)
 
 
+@pytest.mark.parametrize(
+    ("pruning", "named"),
+    [
+        ('pruner = "median"\nprune_from_epoch = 2', "pruner median from epoch 2"),
+        ('pruner = "hyperband"', "pruner hyperband\n"),
+        ('pruner = "none"\nprune_from_epoch = 1', "pruner none\n"),
+    ],
+)
+def test_the_launch_line_names_the_pruner_and_its_first_epoch(
+    tmp_path, spec, synthetic_home, pruning, named
+):
+    home = share_cache(tmp_path / "home", synthetic_home / "cache")
+    path = study_file(tmp_path, n_trials=2)
+    # Over before the first trial: only the launch's own lines are printed.
+    text = path.read_text().replace('pruner = "none"', f"timeout = 0.001\n{pruning}")
+    path.write_text(text)
+    result = run_main("launch", str(path), "--data-source", spec,
+                      env={"SWEEP_HOME": str(home)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"study 't': 2 trials of 2 epochs, sampler tpe, {named}" in result.stdout
+
+
 def test_a_joining_launch_waits_until_the_study_is_set_up(tmp_path):
     import threading
 
