@@ -46,6 +46,7 @@ from pathlib import Path
 
 import optuna
 
+from benchmarks.study_text import with_pruner
 from sweep import data
 from sweep.config import load_study
 from sweep.space import make_pruner
@@ -88,9 +89,7 @@ def _launch(
     text = text.replace("n_trials = 40", "n_trials = 10000")
     if pruner != "on":
         chosen = "none" if pruner == "off" else pruner
-        text = text.replace(
-            f'pruner = "{_DEFAULT.study.pruner}"', f'pruner = "{chosen}"'
-        )
+        text = with_pruner(text, chosen)
     if seed is not None:
         text = text.replace(f"seed = {_DEFAULT.study.seed}", f"seed = {seed}")
     if sampler is not None:

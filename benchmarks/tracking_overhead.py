@@ -36,6 +36,8 @@ import time
 import types
 from pathlib import Path
 
+from benchmarks.study_text import with_pruner
+
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).parent.parent
 
@@ -97,7 +99,7 @@ def _study_file(folder: Path, trials: int, epochs: int, fixed_shapes: bool) -> P
         text = text.replace("validation_freq = 5", "validation_freq = 1")
     # Every trial runs to the end: pruned trials would be shorter and skew the
     # comparison between early and late trials.
-    text = text.replace('pruner = "median"', 'pruner = "none"')
+    text = with_pruner(text, "none")
     if fixed_shapes:
         # Only the learning rate varies: one set of shapes, compiled once, so
         # the study reaches its late trials without compiling 36 models first.

@@ -36,6 +36,7 @@ import optuna
 from optuna.trial import TrialState
 
 from benchmarks.selection import launch_text
+from benchmarks.study_text import with_study_key
 from sweep import confirm, keys
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,9 +52,7 @@ def _study_text(seed: int, trials: int, warm: bool) -> str:
     name = "warm" if warm else "cold"
     text = text.replace(f'name = "{SOURCE}"', f'name = "{name}"', 1)
     if warm:
-        text = text.replace(
-            'pruner = "median"', f'pruner = "median"\nwarm_start = ["{SOURCE}"]', 1
-        )
+        text = with_study_key(text, f'warm_start = ["{SOURCE}"]')
     return text
 
 

@@ -10,7 +10,8 @@ timeout = "30m"           # optional: no trial starts after this (s, m or h)
 warm_start = ["old"]      # optional: start from these studies' finished trials
 seed = 42
 sampler = "tpe"           # tpe | tpe-multivariate | cmaes | qmc | gp | random
-pruner = "median"         # none | median | hyperband
+pruner = "percentile"     # none | median | percentile | hyperband
+pruner_percentile = 75    # percentile only: the top share kept at each check
 prune_from_epoch = 10     # optional: no trial is stopped before this epoch
 
 [training]
@@ -56,7 +57,7 @@ from sweep import memory, params, servers
 from sweep.errors import ConfigError
 
 SAMPLERS = ("tpe", "tpe-multivariate", "cmaes", "qmc", "gp", "random")
-PRUNERS = ("none", "median", "hyperband")
+PRUNERS = ("none", "median", "percentile", "hyperband")
 # Optuna's samplers and NumPy's global generator take 32-bit seeds only.
 SEED_MAX = 2**32 - 1
 # The validation epochs go to Keras's `fit` as a list, one entry per
@@ -83,6 +84,9 @@ class StudySettings:
     # The first epoch at which the pruner may stop a trial (None: its first
     # validation).
     prune_from_epoch: int | None = None
+    # With pruner "percentile": the top percentage of trials kept at each
+    # validation (Optuna's `PercentilePruner(percentile)`; the median is 50).
+    pruner_percentile: float | None = None
     # Seconds after a launch or resume when no more trials start (None: none).
     timeout: float | None = None
     # Studies (in the same storage) whose finished trials a launch imports.
@@ -91,9 +95,14 @@ class StudySettings:
     @property
     def pruner_text(self) -> str:
         """The pruner as a launch names it, e.g. "median from epoch 10"."""
-        if self.pruner == "none" or self.prune_from_epoch is None:
+        if self.pruner == "none":
             return self.pruner
-        return f"{self.pruner} from epoch {self.prune_from_epoch}"
+        text = self.pruner
+        if self.pruner_percentile is not None:
+            text += f" {self.pruner_percentile:g}"
+        if self.prune_from_epoch is not None:
+            text += f" from epoch {self.prune_from_epoch}"
+        return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +255,30 @@ class _Reader:
         return value
 
 
+def _pruner_percentile(read: _Reader, table: dict, pruner: str) -> float | None:
+    value = table.get("pruner_percentile", _MISSING)
+    if pruner != "percentile":
+        if value is not _MISSING:
+            raise read.fail(
+                "[study] pruner_percentile",
+                value,
+                f'pruner = "percentile" beside it (pruner is {_toml(pruner)})',
+            )
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value < 100
+    ):
+        raise read.fail(
+            "[study] pruner_percentile",
+            value,
+            "a number between 0 and 100: the top percentage of trials kept at each "
+            "validation (50 is the median pruner)",
+        )
+    return float(value)
+
+
 def _sampler(read: _Reader, table: dict, pruner: str) -> str:
     sampler = read.choice(table, "[study] ", "sampler", SAMPLERS, "tpe")
     # GPSampler models complete trials only: a pruned trial teaches it nothing,
@@ -339,6 +372,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
             "sampler",
             "pruner",
             "prune_from_epoch",
+            "pruner_percentile",
             "timeout",
             "warm_start",
         ),
@@ -362,6 +396,7 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
         sampler=_sampler(read, table, pruner),
         pruner=pruner,
         prune_from_epoch=table.get("prune_from_epoch"),
+        pruner_percentile=_pruner_percentile(read, table, pruner),
         timeout=_timeout(read, table.get("timeout")),
         warm_start=_warm_start(read, table.get("warm_start", []), name),
     )

@@ -121,7 +121,8 @@ def make_pruner(
 
     No trial is stopped before `[study] prune_from_epoch` (by default, the
     first validation): deeper models start slower, and a median taken at the
-    first validation can stop the configurations that end best.
+    first validation can stop the configurations that end best. The
+    percentile pruner is the median one keeping a share other than half.
     """
     if settings.pruner == "none":
         return optuna.pruners.NopPruner()
@@ -132,4 +133,8 @@ def make_pruner(
             max_resource=training.epochs,
         )
     # Optuna prunes from the step equal to `n_warmup_steps` on.
+    if settings.pruner == "percentile":
+        return optuna.pruners.PercentilePruner(
+            settings.pruner_percentile, n_startup_trials=5, n_warmup_steps=first
+        )
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=first)

@@ -29,7 +29,7 @@ def test_default_study_holds_the_reference_configurations():
     ]  # fmt: skip
     assert all(b["learning_rate"] == 0.05 for b in study.baselines)
     # Its finalists are confirmed; the smoke study's are not.
-    assert (study.confirm.finalists, study.confirm.seeds) == (3, 3)
+    assert (study.confirm.finalists, study.confirm.seeds) == (2, 3)
     assert load_study(REPO / "studies" / "smoke.toml").confirm is None
 
 
@@ -166,6 +166,19 @@ BAD = {
     "pruning from a fraction of an epoch": (
         ('pruner = "median"', 'pruner = "median"\nprune_from_epoch = 2.5'),
         "[study] prune_from_epoch = 2.5: expected a whole number from 1 to 4",
+    ),
+    "percentile pruner without its percentile": (
+        ('pruner = "median"', 'pruner = "percentile"'),
+        "[study] pruner_percentile = (missing): expected a number between 0 and 100",
+    ),
+    "percentile past 100": (
+        ('pruner = "median"', 'pruner = "percentile"\npruner_percentile = 150'),
+        "[study] pruner_percentile = 150: expected a number between 0 and 100",
+    ),
+    "percentile beside another pruner": (
+        ('pruner = "median"', 'pruner = "median"\npruner_percentile = 75'),
+        '[study] pruner_percentile = 75: expected pruner = "percentile" beside it '
+        '(pruner is "median")',
     ),
     "unknown data key": (
         ("[space]", "[data]\nsource = 1\n[space]"),

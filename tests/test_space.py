@@ -121,7 +121,7 @@ def test_sampler_names_pick_optuna_samplers():
     assert isinstance(made("gp"), optuna.samplers.GPSampler)
 
 
-@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+@pytest.mark.parametrize("pruner", ["median", "percentile", "hyperband"])
 def test_no_trial_is_pruned_before_prune_from_epoch(pruner):
     # Trials report at every 5th epoch: five good curves, then good and bad
     # ones in turn. The earliest epoch any trial is stopped at is the first
@@ -131,7 +131,8 @@ def test_no_trial_is_pruned_before_prune_from_epoch(pruner):
     study_file = load_study(DEFAULT_STUDY)
 
     def first_pruned_epoch(**changes) -> int | None:
-        changes = {"pruner": pruner, **changes}
+        percentile = 75.0 if changes.get("pruner", pruner) == "percentile" else None
+        changes = {"pruner": pruner, "pruner_percentile": percentile, **changes}
         settings = dataclasses.replace(study_file.study, **changes)
         study = optuna.create_study(
             direction="maximize",
@@ -157,3 +158,27 @@ def test_no_trial_is_pruned_before_prune_from_epoch(pruner):
     assert first_pruned_epoch(prune_from_epoch=15) == 15
     assert first_pruned_epoch(prune_from_epoch=3) == 5
     assert first_pruned_epoch(pruner="none", prune_from_epoch=10) is None
+
+
+def test_the_percentile_pruner_keeps_the_share_it_names():
+    # Ten complete trials at 0.30 to 0.39 at epoch 10; a new trial at 0.325
+    # is below their median but within their top 75 percent.
+    study_file = load_study(DEFAULT_STUDY)
+
+    def pruned(**changes) -> bool:
+        settings = dataclasses.replace(study_file.study, **changes)
+        study = optuna.create_study(
+            direction="maximize", pruner=make_pruner(settings, study_file.training)
+        )
+        for k in range(10):
+            trial = study.ask()
+            trial.report(0.30 + k / 100, 10)
+            study.tell(trial, 0.30 + k / 100)
+        trial = study.ask()
+        trial.report(0.325, 10)
+        return bool(trial.should_prune())
+
+    assert pruned(pruner="median") is True
+    assert pruned(pruner="percentile", pruner_percentile=50.0) is True
+    assert pruned(pruner="percentile", pruner_percentile=75.0) is False
+    assert pruned(pruner="percentile", pruner_percentile=25.0) is True

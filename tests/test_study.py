@@ -416,6 +416,10 @@ def test_a_time_budget_ends_the_sweep_and_resume_takes_another(
     ("pruning", "named"),
     [
         ('pruner = "median"\nprune_from_epoch = 2', "pruner median from epoch 2"),
+        (
+            'pruner = "percentile"\npruner_percentile = 75\nprune_from_epoch = 2',
+            "pruner percentile 75 from epoch 2",
+        ),
         ('pruner = "hyperband"', "pruner hyperband\n"),
         ('pruner = "none"\nprune_from_epoch = 1', "pruner none\n"),
     ],
