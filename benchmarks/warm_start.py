@@ -91,7 +91,7 @@ def _target(source: optuna.Study, kind: str) -> float:
     if kind == "best":
         complete = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         return max(t.value for t in complete)
-    best = confirm.champion(confirm.results(source, confirm.companion_of(source)))
+    best = confirm.champion(confirm.study_results(source))
     if best is None:
         raise SystemExit("the source study has no confirmed champion")
     return best.mean

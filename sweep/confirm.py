@@ -364,6 +364,11 @@ def results(study: optuna.Study, companion: optuna.Study | None) -> list[Finalis
     return _plan(study.get_trials(deepcopy=False), runs, plan)
 
 
+def study_results(study: optuna.Study) -> list[Finalist]:
+    """`results` with the study's confirmation study looked up in its storage."""
+    return results(study, companion_of(study))
+
+
 def _plan(
     trials: list[FrozenTrial], runs: list[FrozenTrial], plan: Plan
 ) -> list[Finalist]:

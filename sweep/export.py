@@ -114,7 +114,7 @@ def choose(optuna_study: optuna.Study, number: int | None) -> Choice:
         SweepError: No complete trial, or `number` is not a complete trial.
     """
     name = optuna_study.study_name
-    finalists = confirm.results(optuna_study, confirm.companion_of(optuna_study))
+    finalists = confirm.study_results(optuna_study)
     best = confirm.champion(finalists)
     planned = confirm.stored_plan(optuna_study) is not None
     if number is None and best is not None:

@@ -203,7 +203,7 @@ def _open(settings: dict) -> Callable[[], None]:
 
     def upload() -> None:
         trials = study.get_trials(deepcopy=False)
-        finalists = confirm.results(study, confirm.companion_of(study))
+        finalists = confirm.study_results(study)
         upload_files(client, settings["run_id"], study, trials, True, finalists)
 
     return upload

@@ -63,7 +63,7 @@ def best_record(study: optuna.Study) -> dict:
             f"study {study.study_name!r} has no complete trial yet "
             f"({len(trials)} trials); run more with `sweep resume {study.study_name}`"
         )
-    champion = confirm.champion(confirm.results(study, confirm.companion_of(study)))
+    champion = confirm.champion(confirm.study_results(study))
     return {
         "study": study.study_name,
         **trial_record(best),

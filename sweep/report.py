@@ -96,7 +96,7 @@ class StudyReport:
             table: Upload trials.csv (without plots, the only file written).
         """
         trials = study.get_trials(deepcopy=False)
-        finalists = confirm.results(study, confirm.companion_of(study))
+        finalists = confirm.study_results(study)
         client = self.tracker.client
         if draw or table:
             start = time.monotonic()
