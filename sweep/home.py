@@ -5,7 +5,8 @@
     mlartifacts/   MLflow's artifacts, when the tracking store is local
     cache/         the preprocessed MovieLens features, keyed by source checksum
     downloads/     the RecBole wheel that carries MovieLens 100k
-    checkpoints/   each running trial's last checkpoint, by study
+    checkpoints/   each running trial's last checkpoint, by study, and the
+                   study's plotter lock (`sweep.plotter`)
     jax-cache/     XLA's compiled programs (JAX's persistent cache)
     logs/          `sweep ui`'s server log
 

@@ -16,11 +16,12 @@ worker ends it, and also when the worker dies, since the pipe closes with it.
 The worker draws the final plots itself, after the child has stopped.
 
 Every worker starts a plotter, but on one machine only one of a study's
-plotters draws: the one holding the study's lock file (in the temporary
-folder; the kernel releases it when its holder exits). The others try to take
-it over at each request, so the drawing goes on when the worker whose plotter
-held it finishes first. Workers on other machines draw the same files on their
-own; the last drawing wins, which is the study as it was then.
+plotters draws: the one holding the study's lock file (`plotter.lock` in the
+study's checkpoint folder, so that `sweep delete` takes it with the rest of
+the study; the kernel releases the lock when its holder exits). The others try
+to take it over at each request, so the drawing goes on when the worker whose
+plotter held it finishes first. Workers on other machines draw the same files
+on their own; the last drawing wins, which is the study as it was then.
 
     python -m sweep.plotter    (started by `Plotter`; reads its settings, then
                                 one line per request, from stdin)
@@ -29,19 +30,19 @@ own; the last drawing wins, which is the study as it was then.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # How long the end of a sweep waits for a drawing in progress to finish.
 STOP_SECONDS = 30
+# The lock file's name in the study's checkpoint folder.
+LOCK_NAME = "plotter.lock"
 
 
 class Plotter:
@@ -52,16 +53,24 @@ class Plotter:
         study_name: The study.
         tracking_uri: The MLflow store of its parent run.
         parent_run_id: The run the plots go to (under `report/`).
+        folder: The study's checkpoint folder on this machine, where the
+            plotters of the study share their lock file (created if missing).
     """
 
     def __init__(
-        self, storage_url: str, study_name: str, tracking_uri: str, parent_run_id: str
+        self,
+        storage_url: str,
+        study_name: str,
+        tracking_uri: str,
+        parent_run_id: str,
+        folder: Path,
     ):
         settings = {
             "storage": storage_url,
             "study": study_name,
             "tracking_uri": tracking_uri,
             "run_id": parent_run_id,
+            "lock": str(folder / LOCK_NAME),
         }
         self._process = subprocess.Popen(
             [sys.executable, "-m", "sweep.plotter"],
@@ -142,12 +151,6 @@ def _requests(fd: int) -> Iterator[None]:
         yield
 
 
-def lock_path(storage_url: str, study_name: str) -> Path:
-    """The lock file the plotters of one study on this machine share."""
-    key = hashlib.sha256(f"{storage_url}\n{study_name}".encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"sweep-plotter-{key}.lock"
-
-
 def _take(lock) -> bool:
     """Whether this process now holds `lock` (an open file), without waiting."""
     try:
@@ -164,7 +167,9 @@ def main() -> None:
     stdin = sys.stdin.fileno()
     settings = json.loads(_read_line(stdin))
     try:
-        lock = open(lock_path(settings["storage"], settings["study"]), "a")  # noqa: SIM115
+        path = Path(settings["lock"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a")  # noqa: SIM115
     except OSError as e:  # the worker then draws the plots itself
         print(f"sweep: the plotter has no lock file ({e})", file=sys.stderr)
         sys.exit(1)

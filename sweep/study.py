@@ -300,17 +300,22 @@ def run(
     study, tracker = session.study, session.tracker
     parent_run_id = study.user_attrs[keys.PARENT_RUN_ATTR]
     tracker.reopen_run(parent_run_id)
+    folder = checkpoints / study.study_name
     objective = Objective(
         session.study_file,
         features,
         tracker,
         study.user_attrs[keys.EXPERIMENT_ATTR],
         parent_run_id,
-        checkpoints / study.study_name,
+        folder,
     )
     try:
         plotter = Plotter(
-            session.storage_url, study.study_name, tracker.tracking_uri, parent_run_id
+            session.storage_url,
+            study.study_name,
+            tracker.tracking_uri,
+            parent_run_id,
+            folder,
         )
     except OSError as e:  # the report must never stop the sweep
         print(f"sweep: no plotter process ({e}); plots drawn once a minute",

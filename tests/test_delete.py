@@ -57,7 +57,8 @@ def test_delete_removes_the_study_everywhere_and_the_file_launches_again(
     assert len(runs) == 1 + 2 + 1  # the study's run, two trials, one seed
     folders = [home / "mlartifacts" / "d" / r.info.run_id for r in runs]
     assert any(f.is_dir() for f in folders)
-    (home / "checkpoints" / "d").mkdir(parents=True, exist_ok=True)
+    # The study's plotters shared their lock file in its checkpoint folder.
+    assert (home / "checkpoints" / "d" / "plotter.lock").is_file()
 
     # Asked first: anything but yes keeps it.
     monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))

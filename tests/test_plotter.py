@@ -40,7 +40,7 @@ def report_files(tracker, run_id):
 
 def test_a_requested_drawing_reaches_the_parent_run(tmp_path):
     url, tracker, run_id = finished_study(tmp_path)
-    plotter = Plotter(url, "p", tracker.tracking_uri, run_id)
+    plotter = Plotter(url, "p", tracker.tracking_uri, run_id, tmp_path)
     assert plotter.request()
     plotter.stop()  # lets the drawing finish
     files = report_files(tracker, run_id)
@@ -55,12 +55,12 @@ def test_the_worker_asks_for_plots_once_the_last_are_a_minute_old(tmp_path):
     study = optuna.load_study(study_name="p", storage=url)
     last = study.trials[-1]
     # Right after the start: trials.csv from the worker, no drawing asked for.
-    plotter = Plotter(url, "p", tracker.tracking_uri, run_id)
+    plotter = Plotter(url, "p", tracker.tracking_uri, run_id, tmp_path)
     StudyReport(tracker, run_id, "p.toml", "recbole", plotter)(study, last)
     plotter.stop()  # a drawing asked for would be finished now
     assert report_files(tracker, run_id) == {"trials.csv"}
     # A minute later the plotter draws them.
-    plotter = Plotter(url, "p", tracker.tracking_uri, run_id)
+    plotter = Plotter(url, "p", tracker.tracking_uri, run_id, tmp_path)
     report = StudyReport(tracker, run_id, "p.toml", "recbole", plotter)
     report._plotted_at -= PLOT_INTERVAL_SECONDS
     report(study, last)
@@ -73,9 +73,10 @@ def test_the_child_is_niced_and_leaves_when_its_worker_dies(tmp_path):
     # A worker that starts a plotter and is killed without stopping it.
     worker = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from sweep.plotter import Plotter; "
-         "p = Plotter(*sys.argv[1:]); print(p._process.pid, flush=True); "
-         "time.sleep(600)", url, "p", tracker.tracking_uri, run_id],
+         "import pathlib, sys, time; from sweep.plotter import Plotter; "
+         "p = Plotter(*sys.argv[1:5], pathlib.Path(sys.argv[5])); "
+         "print(p._process.pid, flush=True); time.sleep(600)",
+         url, "p", tracker.tracking_uri, run_id, str(tmp_path)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     child = int(worker.stdout.readline())
@@ -96,14 +97,14 @@ def test_the_child_is_niced_and_leaves_when_its_worker_dies(tmp_path):
 
 def test_a_dead_plotter_is_reported_so_the_worker_draws_itself(tmp_path):
     url, tracker, run_id = finished_study(tmp_path)
-    plotter = Plotter(url, "p", tracker.tracking_uri, run_id)
+    plotter = Plotter(url, "p", tracker.tracking_uri, run_id, tmp_path)
     plotter.stop(wait=False)
     assert not plotter.request()
 
 
 def test_a_stuck_plotter_never_blocks_its_worker(tmp_path):
     url, tracker, run_id = finished_study(tmp_path)
-    plotter = Plotter(url, "p", tracker.tracking_uri, run_id)
+    plotter = Plotter(url, "p", tracker.tracking_uri, run_id, tmp_path)
     child = plotter._process.pid
     os.kill(child, signal.SIGSTOP)  # stuck: reads nothing while requests pile up
     try:
@@ -121,10 +122,14 @@ def test_one_plotter_per_study_draws_and_another_takes_over(tmp_path):
     url, tracker, first_run = finished_study(tmp_path)
     # A second worker's plotter; its own run shows whether it draws.
     second_run = tracker.start_study_run(tracker.experiment("p", []), "p2", {})
-    first = Plotter(url, "p", tracker.tracking_uri, first_run)
+    # The study's checkpoint folder, not yet created: the lock goes there, so
+    # that deleting the study leaves no file of it behind.
+    folder = tmp_path / "checkpoints" / "p"
+    first = Plotter(url, "p", tracker.tracking_uri, first_run, folder)
     assert first.request()
     wait_for(lambda: "trials.csv" in report_files(tracker, first_run))
-    second = Plotter(url, "p", tracker.tracking_uri, second_run)
+    assert (folder / "plotter.lock").is_file()
+    second = Plotter(url, "p", tracker.tracking_uri, second_run, folder)
     try:
         assert second.request()
         # It would have drawn by now (the first one drew within the wait above).
