@@ -3,11 +3,12 @@
     .venv/bin/python -m benchmarks.sweep_speed [--minutes 30] [--runs on:1:30,off:2]
         [--seeds 1,2,3 --out sweep_speed_seeds]
         [--samplers tpe,tpe-multivariate,cmaes,qmc --out sweep_samplers]
+        [--read PRUNER:WORKERS:MINUTES=FOLDER] [--add RESULT]
 
 Each run launches `studies/deep_retrieval.toml` (its baselines first, then TPE)
 with a fresh study in its own `SWEEP_HOME` (sharing the data cache; each run
 starts with an empty compilation cache, as a first sweep does), with the
-study's pruner (`on`: the median pruner), none (`off`) or another one named in
+study's own pruner (`on`), none (`off`) or another one named in
 the run (`hyperband:1:5`), 1 or 2 workers, lets it run for `--minutes` (or the
 minutes a run names after its workers), stops it with Ctrl-C (SIGINT), and reads
 the study back from its Optuna storage: the best-so-far val top-100 accuracy
@@ -29,7 +30,9 @@ each sampler's mean best at each mark over the seeds, with the seeds on which
 it beat the study's own sampler. The seed steers
 the sampler and each trial's weights and batch order (the baselines' results
 change with it), not the data split. `--read` reads a run left on disk instead
-of launching it (`--runs ""` then only reads). Results go to
+of launching it (`--runs ""` then only reads); `--add RESULT` takes the runs
+of an earlier result file, so that runs made apart (e.g. each arm pinned to
+one core) are written as one comparison. Results go to
 `benchmarks/results/<--out>.{json,md,png}` (`sweep_speed` by default).
 """
 
@@ -213,6 +216,13 @@ def main() -> None:
         help="read a run this script left in FOLDER (e.g. one stopped by hand) "
         "instead of launching it again; its start is its study file's time",
     )
+    parser.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="RESULT",
+        help="take the runs of benchmarks/results/RESULT.json into this comparison",
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data_home = Path(
@@ -222,6 +232,12 @@ def main() -> None:
         # The data cache every run's home links to, built before any clock.
         data.load("recbole", home=data_home, log=print)
     runs = []
+    for name in args.add:
+        for run in json.loads((RESULTS / f"{name}.json").read_text()):
+            # JSON keeps the minute marks as strings.
+            marks = run["best_at_minutes"].items()
+            run["best_at_minutes"] = {int(m): best for m, best in marks}
+            runs.append(run)
     for spec in args.read:
         spec, folder = spec.split("=")
         pruner, workers, minutes = spec.split(":")
