@@ -46,7 +46,7 @@ SOURCE = "deep-retrieval"
 
 
 def _study_text(seed: int, trials: int, warm: bool) -> str:
-    text = STUDY.read_text().split("\n# After the search")[0].split("[confirm]")[0]
+    text = STUDY.read_text().split("\n# After the search")[0].split("\n[confirm]")[0]
     text = text.replace("seed = 42", f"seed = {seed}", 1)
     text = text.replace("n_trials = 40", f"n_trials = {trials}", 1)
     name = "warm" if warm else "cold"
