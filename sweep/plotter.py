@@ -15,13 +15,14 @@ falls behind by more than one. The child exits when its stdin closes: when the
 worker ends it, and also when the worker dies, since the pipe closes with it.
 The worker draws the final plots itself, after the child has stopped.
 
-Every worker starts a plotter, but on one machine only one of a study's
-plotters draws: the one holding the study's lock file (`plotter.lock` in the
-study's checkpoint folder, so that `sweep delete` takes it with the rest of
-the study; the kernel releases the lock when its holder exits). The others try
-to take it over at each request, so the drawing goes on when the worker whose
-plotter held it finishes first. Workers on other machines draw the same files
-on their own; the last drawing wins, which is the study as it was then.
+Every worker starts a plotter, but among the workers that share a home (as a
+study's workers on one machine do) only one of a study's plotters draws: the
+one holding the study's lock file (`plotter.lock` in the study's checkpoint
+folder, so that `sweep delete` takes it with the rest of the study; the kernel
+releases the lock when its holder exits). The others try to take it over at
+each request, so the drawing goes on when the worker whose plotter held it
+finishes first. Workers with another home (on other machines) draw the same
+files on their own; the last drawing wins, which is the study as it was then.
 
     python -m sweep.plotter    (started by `Plotter`; reads its settings, then
                                 one line per request, from stdin)
