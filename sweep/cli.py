@@ -568,6 +568,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the `sweep` command line; returns the exit code."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # Output is block-buffered into a pipe: flush here so that a reader
+            # gone early (`sweep trials NAME | head`) is met below, not at exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Nothing more can be said on stdout. Pointing it at /dev/null keeps the
+        # interpreter's own final flush from failing again (Python's recipe in
+        # the `signal` module's documentation).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("SWEEP_DEBUG") == "1"
     # SIGTERM (docker stop, kill) stops as cleanly as Ctrl-C does.

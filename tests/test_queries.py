@@ -10,7 +10,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweep import cli, confirm, keys, queries
-from tests.helpers import assert_one_line_error, run_main, study_in_home
+from tests.helpers import assert_one_line_error, run_main, start_sweep, study_in_home
 
 DISTRIBUTIONS = {
     "depth": CategoricalDistribution([1, 2]),
@@ -134,3 +134,15 @@ def test_bad_queries_are_one_line(home, tmp_path):
     )
     bad = run_main("trials", "s", "--state", "done")
     assert_one_line_error(bad, "argument --state: invalid choice: 'done'", code=2)
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+@pytest.mark.parametrize("args", [("trials", "s"), ("best", "s", "--json")])
+def test_a_reader_gone_early_ends_quietly(home, args, unbuffered):
+    # `sweep trials s | head -1`: the pipe closes before sweep has written,
+    # met at the write itself (unbuffered) or at the flush of its buffer.
+    proc = start_sweep(*args, env={"PYTHONUNBUFFERED": unbuffered})
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1, stderr
+    assert stderr == ""
