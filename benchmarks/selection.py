@@ -4,6 +4,7 @@
         [--read SEED=FOLDER] [--out selection]
         [--n-trials N --stage KxS]  (another size of the default study)
         [--ends-only]  (retrain the search best and the champion only)
+        [--restage]  (run the stages of the studies --read again)
 
 For each study seed, launches `studies/deep_retrieval.toml` (its search, then
 its `[confirm]` stage) with that seed in a fresh `SWEEP_HOME` (sharing the data
@@ -15,6 +16,10 @@ sweep's answer was worth before the stage existed. `--ends-only` retrains only
 those two (the ones the goals compare), so that more evaluation seeds fit in
 the time: the first N of a stream of seeds are the same for every count, so a
 larger `--eval-seeds` over a study read back extends the earlier figures.
+`--restage` runs the stage of each study read back again, with this
+checkout's code, in a copy of its folder (`sweep confirm` on the search as it
+was): the search's minutes are the original run's, the stage's the new one's
+(including the verb's start, which a launch pays once).
 
 The champion the stage named, its reported mean (+- standard error), its
 confirmed mean and the optimism between them, and the stage's minutes. (A
@@ -33,6 +38,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -115,6 +121,32 @@ def launch_text(home: Path, text: str, data_home: Path) -> tuple[float, float]:
     return start, time.time()
 
 
+def _restage(folder: Path) -> tuple[Path, float, float]:
+    """A copy of `folder` whose confirmation stage ran again from scratch.
+
+    Returns:
+        The copy, and when its `sweep confirm` started and ended.
+    """
+    copy = Path(tempfile.mkdtemp(prefix=f"{folder.name}-restage-"))
+    # copy2 keeps the study file's time: the search's start (see `_one_seed`).
+    shutil.copytree(folder, copy, symlinks=True, dirs_exist_ok=True)
+    home = copy / "home"
+    optuna.delete_study(
+        study_name=confirm.companion_name("deep-retrieval"),
+        storage=f"sqlite:///{home / 'optuna.db'}",
+    )
+    env = {**os.environ, "SWEEP_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    start = time.time()
+    with open(copy / "confirm.log", "w") as log:
+        subprocess.run(
+            [str(REPO / ".venv" / "bin" / "sweep"), "confirm", "deep-retrieval",
+             "--data-source", "recbole"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+        )  # fmt: skip
+    return copy, start, time.time()
+
+
 def _retrain(values: dict, seeds: list[int], features, training) -> list[float]:
     """One configuration's best val top-100 accuracy for each seed."""
     scores = []
@@ -155,18 +187,24 @@ def _one_seed(
     stage: str | None = None,
     sampler: str | None = None,
     ends_only: bool = False,
+    restage: bool = False,
 ) -> dict:
     """Runs (or reads) one study, then retrains its finalists with fresh seeds.
 
     Every finalist, or with `ends_only` the search's best and the champion (the
-    others are listed with no confirmed figures).
+    others are listed with no confirmed figures). With `restage`, the stage of
+    a study read back runs again in a copy of its folder (`_restage`).
     """
+    stage_start = None
     if folder is None:
         print(f"study seed {seed}: launching the default study", flush=True)
         folder, start, end = _launch(seed, data_home, n_trials, stage, sampler)
     else:
         start = (folder / "deep_retrieval.toml").stat().st_mtime
         end = None
+        if restage:
+            print(f"study seed {seed}: running the stage of {folder} again", flush=True)
+            folder, stage_start, end = _restage(folder)
     url = f"sqlite:///{folder / 'home' / 'optuna.db'}"
     study = optuna.load_study(study_name="deep-retrieval", storage=url)
     companion = confirm.companion_of(study)
@@ -202,6 +240,9 @@ def _one_seed(
                 "stage_diverged": [
                     bool(r.user_attrs.get(keys.DIVERGED_ATTR)) for r in ran
                 ],
+                "stage_collapsed_at": [
+                    r.user_attrs.get(keys.COLLAPSED_AT_ATTR) for r in ran
+                ],
                 "stage_seconds": [_seconds(r) for r in ran],
                 "unstable": f.unstable,
                 "confirmed": None
@@ -213,7 +254,8 @@ def _one_seed(
         "study_seed": seed,
         "folder": str(folder),
         "search_minutes": (search_end - start) / 60,
-        "stage_minutes": (end - search_end) / 60,
+        "stage_minutes": (end - (stage_start or search_end)) / 60,
+        "restaged": stage_start is not None,
         "trials": len(trials),
         "plan": plan.as_attr(),
         "stage_seeds": stage_seeds,
@@ -260,7 +302,7 @@ def _markdown(results: list[dict]) -> str:
             " ".join(
                 f"{f['trial']}{'*' if f['unstable'] else ''}" for f in r["finalists"]
             ),
-            f"{minutes:.1f}",
+            f"{minutes:.1f}" + (" (run again)" if r.get("restaged") else ""),
             f"{minutes / r['search_minutes']:.0%}",
         ]
         best = next((f for f in r["finalists"] if f["trial"] == r["champion"]), None)
@@ -305,6 +347,11 @@ def main() -> None:
     )
     parser.add_argument("--sampler", help="the study's sampler (default: its own)")
     parser.add_argument(
+        "--restage",
+        action="store_true",
+        help="run the stage of each study given with --read again (in a copy)",
+    )
+    parser.add_argument(
         "--ends-only",
         action="store_true",
         help="retrain only the search's best and the champion with the eval seeds",
@@ -329,6 +376,7 @@ def main() -> None:
                 args.stage,
                 args.sampler,
                 args.ends_only,
+                args.restage,
             )
         )
         RESULTS.mkdir(exist_ok=True)

@@ -7,10 +7,12 @@ distinct configurations are each trained again from scratch with S seeds that
 no search trial used, and the champion is the finalist with the highest mean
 over its seeds. A finalist with a seed that collapses (its best below
 `COLLAPSE_SHARE` of the finalist's own search value, or a loss that diverged)
-is marked unstable and is never the champion: its remaining seeds are not run,
-and the next configuration in search order takes its place (at most K times),
-so that the stage still ends with K stable finalists when the search found
-them.
+is marked unstable and is never the champion: the collapsed run stops at the
+validation that shows it, and the finalist's remaining seeds are not run.
+Only when every finalist has collapsed does the next configuration in search
+order join them (at most K times), so that the stage still names a champion
+when the search found a stable configuration; a finalist that holds needs no
+company, which keeps the stage's cost near its K x S runs.
 
 The stage's runs are trials of a companion Optuna study in the same storage
 (`companion_name`), queued with their fixed configuration and seed, so the
@@ -155,7 +157,8 @@ def queue(
     """Queues every (finalist, seed) run of the plan not queued or run yet.
 
     Called again as runs finish: a finalist that collapsed gets no more runs,
-    and the configuration that replaces it gets its seeds. Safe to call from
+    and once every finalist has, the next configuration gets its seeds. Safe
+    to call from
     several workers at once: a run queued twice is dropped when it starts
     (`duplicate_of`), and so is one of a finalist that has collapsed since it
     was queued (`collapsed`).
@@ -200,6 +203,10 @@ def queue(
                     keys.FINALIST_OF_ATTR: finalist.trial.number,
                     keys.SEED_ATTR: run_seed,
                     keys.SEARCH_VALUE_ATTR: finalist.trial.value,
+                    keys.SEARCH_CURVE_ATTR: {
+                        str(epoch): value
+                        for epoch, value in finalist.trial.intermediate_values.items()
+                    },
                 },
                 skip_if_exists=False,
             )
@@ -277,9 +284,29 @@ def collapsed(trial: FrozenTrial, trials: list[FrozenTrial]) -> int | None:
 
 def _collapsed(run: FrozenTrial, search_value: float) -> bool:
     """Whether a complete run collapsed or diverged, for a finalist of that value."""
-    return run.value < COLLAPSE_SHARE * search_value or bool(
-        run.user_attrs.get(keys.DIVERGED_ATTR)
+    return (
+        run.value < COLLAPSE_SHARE * search_value
+        or bool(run.user_attrs.get(keys.DIVERGED_ATTR))
+        or keys.COLLAPSED_AT_ATTR in run.user_attrs
     )
+
+
+def collapsed_by(best: float, epoch: int, search_curve: dict[str, float]) -> bool:
+    """Whether a confirmation run has collapsed by this validation.
+
+    Its best so far is below `COLLAPSE_SHARE` of its finalist's own validation
+    at the same epoch (so also below that share of the finalist's search
+    value). A collapsed seed stays collapsed, near or below a random ranking
+    for the rest of its epochs, while a sound seed of the same configuration
+    stays near the finalist's curve.
+
+    Args:
+        best: The run's best validation top-100 accuracy so far.
+        epoch: The epoch of its latest validation.
+        search_curve: The finalist's validations (`keys.SEARCH_CURVE_ATTR`).
+    """
+    reached = search_curve.get(str(epoch))
+    return reached is not None and best < COLLAPSE_SHARE * reached
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,22 +399,20 @@ def study_results(study: optuna.Study) -> list[Finalist]:
 def _plan(
     trials: list[FrozenTrial], runs: list[FrozenTrial], plan: Plan
 ) -> list[Finalist]:
-    """The K best stable configurations, and the collapsed ones ranked above them.
+    """The K best configurations, and more only while every one has collapsed.
 
-    Each collapsed finalist is replaced by the next configuration in search
-    order, up to K replacements (a search whose best configurations all
-    collapse ends the stage without a champion rather than run on).
+    When all K finalists have collapsed, the next configuration in search order
+    joins them, up to K more (a search whose best configurations all collapse
+    ends the stage without a champion rather than run on).
     """
-    out, stable = [], 0
+    out = []
     for trial in finalists(trials, 2 * plan.finalists):
         own = {}
         for run in runs:
             if run.state == TrialState.COMPLETE and _configuration(run) == trial.params:
                 own.setdefault(run.user_attrs.get(keys.SEED_ATTR), run)
-        finalist = Finalist(trial, tuple(own.values()), plan.seeds)
-        out.append(finalist)
-        stable += not finalist.unstable
-        if stable == plan.finalists:
+        out.append(Finalist(trial, tuple(own.values()), plan.seeds))
+        if len(out) >= plan.finalists and not all(f.unstable for f in out):
             break
     return out
 

@@ -35,7 +35,9 @@ TRACKING_SECONDS_ATTR = "tracking_seconds"
 FINALIST_OF_ATTR = "sweep.finalist_of"  # a confirmation run's search trial
 SEED_ATTR = "sweep.seed"  # a confirmation run's seed (search trials derive theirs)
 SEARCH_VALUE_ATTR = "sweep.search_value"  # a confirmation run's finalist's value
+SEARCH_CURVE_ATTR = "sweep.search_curve"  # its finalist's validations {epoch: value}
 DIVERGED_ATTR = "sweep.diverged"  # a confirmation run whose loss diverged
+COLLAPSED_AT_ATTR = "sweep.collapsed_at_epoch"  # where a collapsed run was stopped
 TEST_ACCURACY_ATTR = "test_top100_accuracy"  # a confirmation run's, on held-out data
 
 # MLflow tags.
@@ -48,6 +50,7 @@ WARM_START_TAG = "sweep.warm_start"  # the parent run's: what a warm start impor
 RETRY_TAG = "sweep.retry_of"  # the trial number a retry continues
 RESUMED_FROM_TAG = "sweep.resumed_from_epoch"
 PRUNED_AT_TAG = "sweep.pruned_at_epoch"
+COLLAPSED_AT_TAG = "sweep.collapsed_at_epoch"
 FAIL_REASON_TAG = "sweep.fail_reason"
 STUDY_TAG = "sweep.study"  # on a registered model version
 TRIAL_TAG = "sweep.trial"  # on a registered model version

@@ -60,6 +60,8 @@ class TrialLog:
         self.checkpoint_path = folder / f"trial-{trial.number}.npz"
         self.best_folder = folder / f"trial-{trial.number}-best"
         self.resumed = resumed
+        # A confirmation run's finalist's own validations: where it collapses.
+        self.search_curve = trial.user_attrs.get(keys.SEARCH_CURVE_ATTR)
         self.best: train.Validation | None = None
         self.last_epoch: int | None = None
         if resumed is not None and resumed.validations:
@@ -70,8 +72,13 @@ class TrialLog:
         """Logs an epoch's training loss."""
         self.run.log_metric(keys.LOSS, loss, epoch)
 
-    def on_validation(self, v: train.Validation) -> None:
+    def on_validation(self, v: train.Validation) -> bool:
         """Logs a validation and reports it to Optuna, which may prune the trial.
+
+        Returns:
+            Whether training ends here: a confirmation run that has collapsed
+            (`confirm.collapsed_by`) has measured its seed, and stops as
+            complete.
 
         Raises:
             optuna.TrialPruned: The pruner stops the trial here.
@@ -87,6 +94,13 @@ class TrialLog:
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {v.epoch}")
         self.run.flush(wait=False)
+        if self.search_curve and confirm.collapsed_by(
+            self.best.val_top100_accuracy, v.epoch, self.search_curve
+        ):
+            self.run.set_tag(keys.COLLAPSED_AT_TAG, v.epoch)
+            self.trial.set_user_attr(keys.COLLAPSED_AT_ATTR, v.epoch)
+            return True
+        return False
 
     def on_checkpoint(self, checkpoint: train.Checkpoint) -> None:
         """Keeps the checkpoint on disk and in the run's artifacts."""

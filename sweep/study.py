@@ -473,7 +473,8 @@ def run_trials(
             # One read of the study per trial: each costs a query of the store.
             trials = study.get_trials(deepcopy=False)
             if refill is not None:
-                # The plan grows when a finalist collapses (its replacement);
+                # The plan grows when every finalist has collapsed (the next
+                # configuration joins them);
                 # what it queues now is seen on the next pass.
                 target = objective.target = refill(trials)
                 bar.retarget(target)

@@ -308,7 +308,9 @@ class ValidationTracker(keras.callbacks.Callback):
 
     Args:
         on_epoch: Called with each epoch (1-based) and its training loss.
-        on_validation: Called with each `Validation` as soon as it is known.
+        on_validation: Called with each `Validation` as soon as it is known;
+            if it returns True, training ends after this epoch (Keras's
+            `stop_training`, as `EarlyStopping` does).
         on_checkpoint: Called with a `Checkpoint` after each validation (once
             `on_validation` returned, i.e. the trial goes on).
         resumed: The checkpoint training continues from, if any.
@@ -317,7 +319,7 @@ class ValidationTracker(keras.callbacks.Callback):
     def __init__(
         self,
         on_epoch: Callable[[int, float], None] | None = None,
-        on_validation: Callable[[Validation], None] | None = None,
+        on_validation: Callable[[Validation], bool | None] | None = None,
         on_checkpoint: Callable[[Checkpoint], None] | None = None,
         resumed: Checkpoint | None = None,
     ):
@@ -362,8 +364,9 @@ class ValidationTracker(keras.callbacks.Callback):
         ):
             self.best = validation
             self.best_weights = [np.array(w) for w in self.model.get_weights()]
-        if self.on_validation is not None:
-            self.on_validation(validation)
+        if self.on_validation is not None and self.on_validation(validation):
+            self.model.stop_training = True
+            return  # the run ends here: nothing to resume from
         if self.on_checkpoint is not None:
             self.on_checkpoint(
                 Checkpoint(
@@ -440,7 +443,7 @@ def build_model(config: TrainConfig, features: Features) -> RetrievalModel:
 def train(
     config: TrainConfig,
     features: Features,
-    on_validation: Callable[[Validation], None] | None = None,
+    on_validation: Callable[[Validation], bool | None] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
     resume_from: Checkpoint | None = None,
@@ -453,7 +456,8 @@ def train(
         config: What to train.
         features: The preprocessed MovieLens data (split with the reference's seed).
         on_validation: Called after each validation (e.g. to report to a pruner;
-            it may raise to stop the trial).
+            it may raise to stop the trial, or return True to end training
+            there and keep what it has).
         on_epoch: Called after each epoch with its number and training loss.
         on_checkpoint: Called with a `Checkpoint` after each validation.
         resume_from: Continue from this checkpoint (weights, optimizer state and

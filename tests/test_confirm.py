@@ -209,7 +209,16 @@ def test_the_champion_is_the_stable_finalist_of_best_mean(searched):
     assert not confirm.close_call(finalists)
 
 
-def test_a_collapsed_finalist_is_replaced_by_the_next_configuration(searched):
+def _end(companion, run, value, **attrs):
+    """Ends a queued run as COMPLETE with `value` (as a worker would)."""
+    storage = companion._storage
+    storage.set_trial_state_values(run._trial_id, TrialState.RUNNING)
+    for key, attr in attrs.items():
+        storage.set_trial_user_attr(run._trial_id, key, attr)
+    storage.set_trial_state_values(run._trial_id, TrialState.COMPLETE, [value])
+
+
+def test_the_next_configuration_joins_only_when_every_finalist_collapsed(searched):
     study, storage = searched
     # A fourth configuration, below the other three in the search.
     study.add_trial(_trial(0.31, depth=1, width=16, rate=0.2))
@@ -221,35 +230,57 @@ def test_a_collapsed_finalist_is_replaced_by_the_next_configuration(searched):
     assert {t.user_attrs[keys.FINALIST_OF_ATTR] for t in queued} == {1, 2}
     assert queued[0].user_attrs[keys.SEARCH_VALUE_ATTR] == 0.36
     # Finalist 1's first seed collapses (0.05 against its search value 0.36).
-    first = queued[0]
-    companion._storage.set_trial_state_values(first._trial_id, TrialState.RUNNING)
-    companion._storage.set_trial_state_values(
-        first._trial_id, TrialState.COMPLETE, [0.05]
-    )
+    _end(companion, queued[0], 0.05)
     runs = companion.get_trials()
-    assert confirm.collapsed(runs[1], runs) == first.number  # its second seed: moot
+    assert confirm.collapsed(runs[1], runs) == queued[0].number  # its 2nd: moot
     assert confirm.collapsed(runs[2], runs) is None  # finalist 2's: still needed
-    # Trial 3 takes its place: its two seeds are queued, the target counts
-    # finalist 1's one run, and 2 + 2 for the others.
-    assert confirm.queue(study, companion, plan, 42) == 1 + 2 + 2
+    # Finalist 2 may hold: nothing joins yet; the target is finalist 1's one
+    # run and finalist 2's two.
+    assert confirm.queue(study, companion, plan, 42) == 1 + 2
+    assert len(companion.get_trials()) == len(queued)
+    # Finalist 2 collapses too: trial 3, next in search order, joins.
+    _end(companion, queued[2], 0.01)
+    assert confirm.queue(study, companion, plan, 42) == 1 + 1 + 2
     added = companion.get_trials()[len(queued) :]
     assert [t.user_attrs[keys.FINALIST_OF_ATTR] for t in added] == [3, 3]
     finalists = confirm.results(study, companion)
     assert [f.trial.number for f in finalists] == [1, 2, 3]
-    assert finalists[0].unstable and finalists[0].done
-    assert "1 of 5 runs finished" in confirm.champion_text(finalists)
-    # Replacements stop after K of them: with 2 finalists, 4 configurations at most.
+    assert all(f.unstable and f.done for f in finalists[:2])
+    assert "2 of 4 runs finished" in confirm.champion_text(finalists)
+    # It holds: the stage is 4 configurations at most (K more), and ends
+    # with trial 3 its champion.
+    for run in added:
+        _end(companion, run, 0.30)
+    finalists = confirm.results(study, companion)
+    assert [f.trial.number for f in finalists] == [1, 2, 3]
+    assert confirm.champion(finalists).trial.number == 3
     study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 1, "seeds": 2})
     plan = confirm.stored_plan(study)
-    for run in added:
-        companion._storage.set_trial_state_values(run._trial_id, TrialState.RUNNING)
-        companion._storage.set_trial_state_values(
-            run._trial_id, TrialState.COMPLETE, [0.01]
-        )
     finalists = confirm.results(study, companion)
-    # K = 1: finalist 1 collapsed, trial 2 replaced it (and was not replaced
-    # in turn: it has not collapsed); trial 3 is no longer a finalist.
+    # K = 1: finalist 1 collapsed, trial 2 joined and collapsed, and the
+    # stage ends there (K more at most): no champion.
     assert [f.trial.number for f in finalists] == [1, 2]
+    assert confirm.champion(finalists) is None
+
+
+def test_a_run_stops_at_the_validation_that_shows_its_collapse(searched):
+    # Half of the finalist's own validation at the same epoch, not of its
+    # search value: a slow start early on is not a collapse.
+    curve = {"5": 0.12, "10": 0.34, "15": 0.37}
+    assert not confirm.collapsed_by(0.07, 5, curve)
+    assert confirm.collapsed_by(0.05, 5, curve)
+    assert confirm.collapsed_by(0.16, 10, curve)
+    assert not confirm.collapsed_by(0.05, 20, curve)  # no validation to compare
+    # A run stopped so is collapsed whatever its value, and moots its
+    # finalist's other seeds.
+    study, companion = _confirmed(searched, 2, 2, [])
+    confirm.queue(study, companion, confirm.stored_plan(study), 42)
+    queued = companion.get_trials()
+    assert queued[0].user_attrs[keys.SEARCH_CURVE_ATTR] == {}  # none in `searched`
+    _end(companion, queued[0], 0.30, **{keys.COLLAPSED_AT_ATTR: 5})
+    runs = companion.get_trials()
+    assert confirm.collapsed(runs[1], runs) == queued[0].number
+    assert confirm.results(study, companion)[0].unstable
 
 
 def test_a_close_runner_up_is_said(searched):
@@ -438,7 +469,12 @@ def test_a_finalist_that_collapses_is_replaced_in_a_real_stage(
     lucky = {"depth": 2, "width": 16, "embedding_dim": 16, "learning_rate": 0.2}
     assert lucky not in [t.params for t in searched]
     study.add_trial(
-        create_trial(value=1.5, params=lucky, distributions=searched[0].distributions)
+        create_trial(
+            value=1.5,
+            params=lucky,
+            distributions=searched[0].distributions,
+            intermediate_values={1: 1.5, 2: 1.5},
+        )
     )
     lucky_number = len(study.trials) - 1
     stage = run_main("confirm", "c", "--finalists", "1", "--seeds", "2",
@@ -449,9 +485,12 @@ def test_a_finalist_that_collapses_is_replaced_in_a_real_stage(
     by_finalist = {}
     for run in runs:
         by_finalist.setdefault(run.user_attrs[keys.FINALIST_OF_ATTR], []).append(run)
-    # The lucky finalist ran one seed, collapsed; its second was dropped unrun.
+    # The lucky finalist ran one seed, which stopped at its first validation
+    # (of two epochs), collapsed; its second was dropped unrun.
     lucky_runs = by_finalist.pop(lucky_number)
     assert [r.state.name for r in lucky_runs] == ["COMPLETE", "FAIL"]
+    assert lucky_runs[0].user_attrs[keys.COLLAPSED_AT_ATTR] == 1
+    assert list(lucky_runs[0].intermediate_values) == [1]
     assert "the finalist collapsed" in lucky_runs[1].user_attrs[keys.FAIL_REASON_ATTR]
     # The search's best configuration replaced it, over both seeds.
     assert list(by_finalist) == [searched[0].number]

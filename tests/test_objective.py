@@ -67,6 +67,22 @@ def test_a_resumed_log_starts_from_its_checkpoint_and_marks_a_prune(parts):
     assert client.get_run(run.run_id).data.metrics[keys.BEST_ACCURACY] == 0.4
 
 
+def test_a_confirmation_run_ends_at_the_validation_that_shows_a_collapse(parts):
+    study, trial, run, client, folder = parts
+    trial.set_user_attr(keys.SEARCH_CURVE_ATTR, {"1": 0.2, "2": 0.3, "3": 0.36})
+    log = TrialLog(trial, run, folder, None)
+    assert log.on_validation(train.Validation(1, 2.0, 0.12)) is False
+    assert log.on_validation(train.Validation(2, 2.0, 0.14)) is True  # < 0.15
+    log.close("COMPLETE")
+    attrs = study._storage.get_trial(trial._trial_id).user_attrs
+    assert attrs[keys.COLLAPSED_AT_ATTR] == 2
+    assert client.get_run(run.run_id).data.tags[keys.COLLAPSED_AT_TAG] == "2"
+    # A search trial (no curve to compare with) never ends so.
+    other = study.ask()
+    plain = TrialLog(other, run, folder, None)
+    assert plain.on_validation(train.Validation(1, 2.0, 0.01)) is False
+
+
 def test_an_interrupted_trial_keeps_its_checkpoint_and_its_run_is_killed(parts):
     study, trial, run, client, folder = parts
     log = TrialLog(trial, run, folder, None)

@@ -60,6 +60,21 @@ def test_train_reports_each_validation_and_the_best(synthetic_features):
     )
 
 
+def test_a_validation_callback_can_end_training_there(synthetic_features):
+    checkpoints = []
+    config = TrainConfig(epochs=5, validation_freq=2, batch_size=32, seed=3)
+    result = train(
+        config,
+        synthetic_features,
+        on_validation=lambda v: v.epoch == 2,
+        on_checkpoint=checkpoints.append,
+    )
+    assert [v.epoch for v in result.validations] == [2]
+    assert len(result.losses) == 2
+    assert result.best.epoch == 2 and result.best_weights
+    assert checkpoints == []  # nothing to resume: the run ended there
+
+
 def test_same_seed_same_result(synthetic_features):
     config = TrainConfig(epochs=2, validation_freq=1, batch_size=16, seed=11)
     a = train(config, synthetic_features)
