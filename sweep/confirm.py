@@ -158,10 +158,9 @@ def queue(
 
     Called again as runs finish: a finalist that collapsed gets no more runs,
     and once every finalist has, the next configuration gets its seeds. Safe
-    to call from
-    several workers at once: a run queued twice is dropped when it starts
-    (`duplicate_of`), and so is one of a finalist that has collapsed since it
-    was queued (`collapsed`).
+    to call from several workers at once: a run queued twice is dropped when
+    it starts (`duplicate_of`), and so is one of a finalist that has collapsed
+    since it was queued (`collapsed`).
 
     Args:
         study: The search study.

@@ -474,8 +474,8 @@ def run_trials(
             trials = study.get_trials(deepcopy=False)
             if refill is not None:
                 # The plan grows when every finalist has collapsed (the next
-                # configuration joins them);
-                # what it queues now is seen on the next pass.
+                # configuration joins them); what it queues now is seen on the
+                # next pass.
                 target = objective.target = refill(trials)
                 bar.retarget(target)
             states = [t.state for t in trials]
@@ -578,6 +578,11 @@ class Progress:
             line += f"  val top-100 {summary.best_accuracy(trial):.4f} @ epoch {epoch}"
             if trial.state == TrialState.PRUNED:
                 line += f" (pruned at {trial.user_attrs.get(keys.PRUNED_AT_ATTR)})"
+            elif keys.COLLAPSED_AT_ATTR in trial.user_attrs:
+                stopped = trial.user_attrs[keys.COLLAPSED_AT_ATTR]
+                line += f" (collapsed, stopped at {stopped})"
+            elif trial.user_attrs.get(keys.DIVERGED_ATTR):
+                line += " (diverged)"
         self.write(line)
         if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
             study.stop()

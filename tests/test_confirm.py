@@ -491,6 +491,7 @@ def test_a_finalist_that_collapses_is_replaced_in_a_real_stage(
     assert [r.state.name for r in lucky_runs] == ["COMPLETE", "FAIL"]
     assert lucky_runs[0].user_attrs[keys.COLLAPSED_AT_ATTR] == 1
     assert list(lucky_runs[0].intermediate_values) == [1]
+    assert "@ epoch 1 (collapsed, stopped at 1)" in stage.stdout
     assert "the finalist collapsed" in lucky_runs[1].user_attrs[keys.FAIL_REASON_ATTR]
     # The search's best configuration replaced it, over both seeds.
     assert list(by_finalist) == [searched[0].number]

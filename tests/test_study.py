@@ -456,3 +456,35 @@ def test_a_joining_launch_gives_up_on_a_study_never_set_up(tmp_path):
     study = optuna.create_study(study_name="j", storage=url)
     with pytest.raises(SweepError, match="did not finish setting it up within 1 s"):
         study_module._wait_until_set_up(study, timeout=1)
+
+
+def test_a_confirmation_line_says_how_its_run_ended(capsys):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    from sweep import keys
+
+    def run(**attrs):
+        return create_trial(
+            value=0.04,
+            params={"depth": 3, "width": 64, "embedding_dim": 64,
+                    "learning_rate": 0.24},
+            distributions={
+                "depth": CategoricalDistribution([3]),
+                "width": CategoricalDistribution([64]),
+                "embedding_dim": CategoricalDistribution([64]),
+                "learning_rate": FloatDistribution(0.01, 0.25),
+            },
+            user_attrs={keys.FINALIST_OF_ATTR: 23, keys.BEST_EPOCH_ATTR: 5, **attrs},
+        )  # fmt: skip
+
+    progress = study_module.Progress(target=3, done=0)
+    progress(None, run(**{keys.COLLAPSED_AT_ATTR: 10}))
+    progress(None, run(**{keys.DIVERGED_ATTR: True}))
+    progress(None, run())
+    progress.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("@ epoch 5")[1] for line in lines] == [
+        " (collapsed, stopped at 10)", " (diverged)", "",
+    ]  # fmt: skip
+    assert all(line.startswith("finalist   23 COMPLETE") for line in lines)
