@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.selection [--seeds 42,1,2] [--eval-seeds 5]
         [--read SEED=FOLDER] [--out selection]
         [--n-trials N --stage KxS]  (another size of the default study)
+        [--max-rate R]  (another top of its Adagrad range)
         [--ends-only]  (retrain the search best and the champion only)
         [--restage]  (run the stages of the studies --read again)
 
@@ -65,11 +66,12 @@ def _launch(
     n_trials: int | None,
     stage: str | None,
     sampler: str | None = None,
+    max_rate: float | None = None,
 ) -> tuple[Path, float, float]:
     """Runs the default study with `seed` to its end; its folder, start and end.
 
-    `n_trials`, `stage` ("KxS": finalists x seeds) and `sampler` replace the
-    study's own.
+    `n_trials`, `stage` ("KxS": finalists x seeds), `sampler` and `max_rate`
+    (the top of the Adagrad range) replace the study's own.
     """
     folder = Path(tempfile.mkdtemp(prefix=f"sweep-selection-{seed}-"))
     home = folder / "home"
@@ -85,6 +87,14 @@ def _launch(
     if sampler:
         text = text.replace(
             f'sampler = "{default.study.sampler}"', f'sampler = "{sampler}"', 1
+        )
+    if max_rate:
+        rate = default.space["learning_rate"]
+        old = f"learning_rate = {{ low = {rate.low}, high = {rate.high}"
+        if old not in text:
+            raise SystemExit(f"--max-rate: no {old!r} in {STUDY}")
+        text = text.replace(
+            old, f"learning_rate = {{ low = {rate.low}, high = {max_rate}"
         )
     if stage:
         finalists, seeds = stage.split("x")
@@ -188,6 +198,7 @@ def _one_seed(
     sampler: str | None = None,
     ends_only: bool = False,
     restage: bool = False,
+    max_rate: float | None = None,
 ) -> dict:
     """Runs (or reads) one study, then retrains its finalists with fresh seeds.
 
@@ -198,7 +209,9 @@ def _one_seed(
     stage_start = None
     if folder is None:
         print(f"study seed {seed}: launching the default study", flush=True)
-        folder, start, end = _launch(seed, data_home, n_trials, stage, sampler)
+        folder, start, end = _launch(
+            seed, data_home, n_trials, stage, sampler, max_rate
+        )
     else:
         start = (folder / "deep_retrieval.toml").stat().st_mtime
         end = None
@@ -347,6 +360,9 @@ def main() -> None:
     )
     parser.add_argument("--sampler", help="the study's sampler (default: its own)")
     parser.add_argument(
+        "--max-rate", type=float, help="the top of the study's Adagrad range"
+    )
+    parser.add_argument(
         "--restage",
         action="store_true",
         help="run the stage of each study given with --read again (in a copy)",
@@ -377,6 +393,7 @@ def main() -> None:
                 args.sampler,
                 args.ends_only,
                 args.restage,
+                args.max_rate,
             )
         )
         RESULTS.mkdir(exist_ok=True)
