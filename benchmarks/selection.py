@@ -119,13 +119,21 @@ def launch_text(home: Path, text: str, data_home: Path) -> tuple[float, float]:
             (home / sub).symlink_to(data_home / sub)
     study_file = home.parent / "deep_retrieval.toml"
     study_file.write_text(text)
+    return _sweep(home, "launch.log", "launch", str(study_file))
+
+
+def _sweep(home: Path, log_name: str, *args: str) -> tuple[float, float]:
+    """Runs `sweep ARGS` on the RecBole data in `home`, its output to `log_name`.
+
+    Returns:
+        When it started and ended (`time.time()`).
+    """
     env = {**os.environ, "SWEEP_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     start = time.time()
-    with open(home.parent / "launch.log", "w") as log:
+    with open(home.parent / log_name, "w") as log:
         subprocess.run(
-            [str(REPO / ".venv" / "bin" / "sweep"), "launch", str(study_file),
-             "--data-source", "recbole"],
+            [str(REPO / ".venv" / "bin" / "sweep"), *args, "--data-source", "recbole"],
             env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
         )  # fmt: skip
     return start, time.time()
@@ -145,16 +153,8 @@ def _restage(folder: Path) -> tuple[Path, float, float]:
         study_name=confirm.companion_name("deep-retrieval"),
         storage=f"sqlite:///{home / 'optuna.db'}",
     )
-    env = {**os.environ, "SWEEP_HOME": str(home)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    start = time.time()
-    with open(copy / "confirm.log", "w") as log:
-        subprocess.run(
-            [str(REPO / ".venv" / "bin" / "sweep"), "confirm", "deep-retrieval",
-             "--data-source", "recbole"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
-        )  # fmt: skip
-    return copy, start, time.time()
+    start, end = _sweep(home, "confirm.log", "confirm", "deep-retrieval")
+    return copy, start, end
 
 
 def _retrain(values: dict, seeds: list[int], features, training) -> list[float]:
