@@ -168,8 +168,11 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     """Retrains a study's best configurations over fresh seeds; names a champion.
 
     The K best distinct configurations of the search (--finalists) are each
-    trained again from scratch with S seeds no trial used (--seeds); the
-    champion is the one with the highest mean. Runs or continues the stage.
+    trained again from scratch with S seeds no trial used (--seeds). A seed
+    that collapses (below half of the configuration's search curve) stops
+    there and marks the configuration unstable; the next one joins only if
+    all K did. The champion is the stable one with the highest mean. Runs or
+    continues the stage.
     """
     from sweep import verbs
 

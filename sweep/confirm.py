@@ -170,8 +170,11 @@ def queue(
         runs: The companion's trials, if just read (else they are read here).
 
     Returns:
-        The number of complete runs the plan needs so far (the companion
-        study's target).
+        The companion study's target: the finished runs it will hold once the
+        plan's runs have run. Runs outside the plan (of a configuration the
+        finalists no longer include, a seed beyond the plan's, a collapsed
+        finalist's that is still running) count as well, so that a run the
+        plan still needs is never taken for surplus.
 
     Raises:
         SweepError: The search has no complete trial to confirm.
@@ -185,10 +188,12 @@ def queue(
     check_confirmable(study.study_name, [f.trial for f in chosen])
     taken = {space.trial_seed(seed, t.number) for t in trials}
     seeds = confirmation_seeds(seed, plan.seeds, taken)
+    # A failed run is queued again: an interrupted one was retried already
+    # (its retry is here) unless its retries were used up.
     have = {
         (_config_key(_configuration(t)), t.user_attrs.get(keys.SEED_ATTR))
         for t in runs
-        if t.state != TrialState.FAIL or t.user_attrs.get(keys.INTERRUPTED_ATTR)
+        if t.state != TrialState.FAIL
     }
     for finalist in chosen:
         if finalist.unstable:
@@ -209,15 +214,25 @@ def queue(
                 },
                 skip_if_exists=False,
             )
-    # A run of a collapsed finalist that is still running counts when it ends;
-    # until then the target leaves it room (`Objective` counts it as ahead).
-    moot = {_config_key(f.trial.params) for f in chosen if f.unstable}
-    running = sum(
+    finished = sum(t.state in keys.FINISHED for t in runs)
+    missing = sum(max(f.needed - len(f.runs), 0) for f in chosen)
+    # A running run the plan does not need (its finalist collapsed meanwhile)
+    # counts when it ends; until then the target leaves it room (`Objective`
+    # counts it as ahead).
+    needed = {
+        (_config_key(f.trial.params), run_seed)
+        for f in chosen
+        if not f.unstable
+        for run_seed in seeds
+    }
+    unneeded = sum(
         1
         for t in runs
-        if t.state == TrialState.RUNNING and _config_key(_configuration(t)) in moot
+        if t.state == TrialState.RUNNING
+        and (_config_key(_configuration(t)), t.user_attrs.get(keys.SEED_ATTR))
+        not in needed
     )
-    return sum(f.needed for f in chosen) + running
+    return finished + missing + unneeded
 
 
 def check_confirmable(name: str, chosen: list[FrozenTrial]) -> None:
@@ -293,11 +308,15 @@ def _collapsed(run: FrozenTrial, search_value: float) -> bool:
 def collapsed_by(best: float, epoch: int, search_curve: dict[str, float]) -> bool:
     """Whether a confirmation run has collapsed by this validation.
 
-    Its best so far is below `COLLAPSE_SHARE` of its finalist's own validation
-    at the same epoch (so also below that share of the finalist's search
-    value). A collapsed seed stays collapsed, near or below a random ranking
-    for the rest of its epochs, while a sound seed of the same configuration
-    stays near the finalist's curve.
+    From the finalist's second validation on, its best so far is below
+    `COLLAPSE_SHARE` of its finalist's own validation at the same epoch (so
+    also below that share of the finalist's search value). Never at the
+    first: that early the curves are steep and one seed's start is not
+    another's (a sound seed of the default study was at 0.52 of its
+    finalist's first validation, and 0.97 of its second). Measured, not
+    enforced: the collapsed seeds of the default study stayed near or below a
+    random ranking for the rest of their epochs, at a quarter of their
+    finalist's curve or less (benchmarks/README.md, selection).
 
     Args:
         best: The run's best validation top-100 accuracy so far.
@@ -305,7 +324,8 @@ def collapsed_by(best: float, epoch: int, search_curve: dict[str, float]) -> boo
         search_curve: The finalist's validations (`keys.SEARCH_CURVE_ATTR`).
     """
     reached = search_curve.get(str(epoch))
-    return reached is not None and best < COLLAPSE_SHARE * reached
+    first = min((int(e) for e in search_curve), default=None)
+    return reached is not None and epoch != first and best < COLLAPSE_SHARE * reached
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,8 +359,10 @@ class Finalist:
 
     @property
     def stderr(self) -> float:
-        """The standard error of its mean."""
-        return self.std / math.sqrt(len(self.runs)) if self.runs else math.inf
+        """The standard error of its mean (unknown, so infinite, below two seeds)."""
+        if len(self.runs) < 2:
+            return math.inf
+        return self.std / math.sqrt(len(self.runs))
 
     @property
     def unstable(self) -> bool:
@@ -493,9 +515,23 @@ def confirmed_text(
 ) -> str:
     """A confirmed configuration as the verbs print it: trial, params, mean +- std."""
     return (
-        f"trial {number} ({params.text(trial_params)}), val top-100 {mean:.4f} "
-        f"+- {std:.4f} over {seeds} seeds"
+        f"trial {number} ({params.text(trial_params)}), val top-100 "
+        f"{spread_text(mean, std, seeds)}"
     )
+
+
+def spread_text(mean: float, std: float, seeds: int, bold: str = "") -> str:
+    """A mean over seeds with its spread; one seed has none to show.
+
+    Args:
+        mean: The mean over the seeds.
+        std: Their standard deviation.
+        seeds: How many.
+        bold: Markdown emphasis around the figures (the run description's).
+    """
+    if seeds == 1:
+        return f"{bold}{mean:.4f}{bold} on 1 seed (no spread)"
+    return f"{bold}{mean:.4f} +- {std:.4f}{bold} over {seeds} seeds"
 
 
 def champion_text(finalists: list[Finalist]) -> str | None:

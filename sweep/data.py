@@ -130,7 +130,9 @@ class Features:
     def _hold_out(self, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """The rows kept for the split and the rows held out, both in order."""
         rows = np.arange(len(self.label))
-        size = round(len(rows) * fraction)
+        # Any share above 0 holds out at least one rating: a test set that is
+        # asked for is never empty.
+        size = max(round(len(rows) * fraction), 1) if fraction > 0 else 0
         if size == 0:
             return rows, rows[:0]
         # A stream of its own: the split of the kept rows is seeded as before.

@@ -39,6 +39,19 @@ SEARCH_CURVE_ATTR = "sweep.search_curve"  # its finalist's validations {epoch: v
 DIVERGED_ATTR = "sweep.diverged"  # a confirmation run whose loss diverged
 COLLAPSED_AT_ATTR = "sweep.collapsed_at_epoch"  # where a collapsed run was stopped
 TEST_ACCURACY_ATTR = "test_top100_accuracy"  # a confirmation run's, on held-out data
+# One attempt of a trial: who ran it and what it ended with. Not carried over
+# to its retry (`retries.RetryStaleTrial`), which keeps the rest.
+ATTEMPT_ATTRS = (
+    WORKER_ATTR,
+    INTERRUPTED_ATTR,
+    SURPLUS_ATTR,
+    FAIL_REASON_ATTR,
+    PRUNED_AT_ATTR,
+    RESUMED_FROM_ATTR,
+    DIVERGED_ATTR,
+    COLLAPSED_AT_ATTR,
+    TEST_ACCURACY_ATTR,
+)
 
 # MLflow tags.
 ROLE_TAG = "sweep.role"  # "study" (the parent run), "trial" or "confirm"

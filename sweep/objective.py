@@ -319,7 +319,8 @@ class Objective:
         run = self.tracker.start_trial(
             self.experiment_id,
             self.parent_run_id,
-            self.study.study.name,
+            # A confirmation run's: `<study>:confirm`, where its number is.
+            trial.study.study_name,
             trial.number,
             config.params(),
             tags,

@@ -165,8 +165,8 @@ def _confirmation(finalists: list[confirm.Finalist]) -> list[str]:
         return [text[0].upper() + text[1:] + ".", ""]
     line = (
         f"Confirmed champion: **trial {best.trial.number}** "
-        f"({params.text(best.trial.params)}), val top-100 accuracy "
-        f"**{best.mean:.4f} +- {best.std:.4f}** over {len(best.runs)} fresh seeds "
+        f"({params.text(best.trial.params)}), val top-100 accuracy on fresh seeds "
+        f"{confirm.spread_text(best.mean, best.std, len(best.runs), bold='**')} "
         f"(search {best.trial.value:.4f})"
     )
     if best.test_mean is not None:

@@ -19,6 +19,7 @@ silent ones; this module adds what Optuna leaves to its user:
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import socket
@@ -65,7 +66,10 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a stale trial, which also ends the trial's MLflow run.
 
     The retry is queued with the same params and the intermediate values so far
-    (so the pruner sees one curve), at most `max_retry` times.
+    (so the pruner sees one curve), at most `max_retry` times, and with the
+    user attrs that describe the trial rather than the attempt that failed
+    (`keys.ATTEMPT_ATTRS` are left out: an interrupted or collapsed attempt
+    must not make its retry read as one).
 
     Args:
         tracker: The MLflow side of the study, or None.
@@ -85,7 +89,13 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
         )
         if self.tracker is not None and run_id:
             self.tracker.kill_trial_run(run_id, reason)
-        super().__call__(study, trial)
+        kept = copy.copy(trial)
+        kept.user_attrs = {
+            key: value
+            for key, value in trial.user_attrs.items()
+            if key not in keys.ATTEMPT_ATTRS
+        }
+        super().__call__(study, kept)
 
 
 def fail_orphaned_trials(
@@ -167,19 +177,38 @@ def fail_unclaimed_trials(
 
 
 def requeue_interrupted(
-    study: optuna.Study, tracker: Tracker, max_retries: int
-) -> None:
-    """Re-queues trials that an interrupt (Ctrl-C, SIGTERM) failed."""
-    trials = study.get_trials(deepcopy=False)
+    study: optuna.Study,
+    tracker: Tracker,
+    max_retries: int,
+    trials: Sequence[FrozenTrial] | None = None,
+) -> bool:
+    """Re-queues trials that an interrupt (Ctrl-C, SIGTERM) failed.
+
+    Args:
+        study: The study.
+        tracker: Ends the MLflow runs of the trials re-queued.
+        max_retries: How many times one trial may be retried.
+        trials: Its trials, if just read (else they are read here).
+
+    Returns:
+        Whether any trial was re-queued.
+    """
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in RetryStaleTrial.retry_history(t)}
     retry = RetryStaleTrial(tracker, max_retries)
+    requeued = False
     for trial in trials:
         if (
             trial.state == TrialState.FAIL
             and trial.user_attrs.get(keys.INTERRUPTED_ATTR)
             and trial.number not in retried
+            # Optuna's rule: no retry once `max_retries` retries have run.
+            and len(RetryStaleTrial.retry_history(trial)) < max_retries
         ):
             retry(study, trial)
+            requeued = True
+    return requeued
 
 
 def live_workers(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[str]:

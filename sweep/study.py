@@ -378,7 +378,10 @@ def _confirm(
     report: StudyReport,
     deadline: float | None,
 ) -> bool:
-    """Runs the confirmation stage: every finalist over every fresh seed.
+    """Runs the confirmation stage: its finalists over its fresh seeds.
+
+    A finalist's seeds stop at its first collapse; the next configuration
+    joins only once every finalist has collapsed (`confirm.queue`).
 
     Returns:
         Whether the deadline ended it first.
@@ -394,11 +397,20 @@ def _confirm(
     settings = session.study_file.study
 
     def queue(runs: list[FrozenTrial] | None = None) -> int:
-        return confirm.queue(study, companion, plan, settings.seed, runs)
+        if runs is None:
+            runs = companion.get_trials(deepcopy=False)
+        # A run an interrupt failed is retried here too (from its checkpoint),
+        # should its worker be gone before it could re-queue it.
+        if retries.requeue_interrupted(companion, session.tracker, max_retries, runs):
+            runs = None
+        # Read each time: `sweep confirm --seeds` may have changed it meanwhile.
+        current = confirm.stored_plan(study) or plan
+        return confirm.queue(study, companion, current, settings.seed, runs)
 
     target = queue()
     if progress:
-        print(f"confirming {plan.finalists} finalists over {plan.seeds} seeds")
+        print(f"confirming {_count(plan.finalists, 'finalist')} over "
+              f"{_count(plan.seeds, 'seed')}")  # fmt: skip
     objective = Objective(
         search.study,
         search.features,
@@ -415,6 +427,10 @@ def _confirm(
         # The champion's line follows in the sweep's summary.
         print(confirm.table(confirm.results(study, companion)))
     return out_of_time
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def run_trials(

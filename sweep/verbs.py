@@ -196,12 +196,13 @@ def confirm(
         workers.limit_to(options.cpus)
     home = Home.from_environment()
     stores = resolve_stores(home, options.storage, options.tracking_uri)
+    # Before any store is opened for writing or the training stack imported:
+    # an unknown study, or one with nothing to confirm, is told at once.
+    searched = open_study(stores, name).get_trials(deepcopy=False)
+    confirm_module.check_confirmable(name, confirm_module.finalists(searched, 1))
     from sweep import study
 
     session = study.resume(name, stores, None, None, options.max_retries)
-    confirm_module.check_confirmable(
-        name, confirm_module.finalists(session.study.get_trials(deepcopy=False), 1)
-    )
     plan = (
         confirm_module.stored_plan(session.study)
         or session.study_file.confirm

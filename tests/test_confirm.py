@@ -9,11 +9,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweep import config, confirm, export, keys, space, stores
+from sweep import config, confirm, export, keys, retries, space, stores
 from sweep.errors import ConfigError, TrialFailed
 from sweep.objective import Objective
 from sweep.study import run_trials
-from tests.helpers import STUDY, assert_one_line_error, run_main
+from tests.helpers import STUDY, assert_one_line_error, run_main, run_sweep
 
 DISTRIBUTIONS = {
     "depth": CategoricalDistribution([1, 2]),
@@ -263,14 +263,79 @@ def test_the_next_configuration_joins_only_when_every_finalist_collapsed(searche
     assert confirm.champion(finalists) is None
 
 
+def test_a_finalist_found_after_the_stage_ran_gets_its_runs(searched):
+    study, companion = _confirmed(searched, 1, 2, [])
+    plan = confirm.stored_plan(study)
+    assert confirm.queue(study, companion, plan, 42) == 2
+    for run in companion.get_trials():
+        _end(companion, run, 0.35)
+    assert confirm.queue(study, companion, plan, 42) == 2  # the stage is done
+    # The search goes on (`sweep resume --n-trials`) and finds a better
+    # configuration: it is the finalist now, and its two seeds are queued.
+    study.add_trial(_trial(0.40, depth=2, width=16, rate=0.3))
+    target = confirm.queue(study, companion, plan, 42)
+    runs = companion.get_trials()
+    waiting = [t for t in runs if t.state == TrialState.WAITING]
+    assert [t.user_attrs[keys.FINALIST_OF_ATTR] for t in waiting] == [5, 5]
+    # The old finalist's runs still count among the finished: the new ones
+    # are needed, not surplus (a worker starting one is not dropped).
+    assert target == 2 + 2
+    assert sum(keys.ahead_of(t, waiting[0].number) for t in runs) < target
+    # A plan of fewer seeds than have run asks for nothing more.
+    for run in waiting:
+        _end(companion, run, 0.39)
+    study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 1, "seeds": 1})
+    assert confirm.queue(study, companion, confirm.stored_plan(study), 42) == 4
+    assert len(companion.get_trials()) == 4
+
+
+def _interrupt(companion, run, **attrs):
+    """Fails a queued run as a Ctrl-C does (the objective marks it first)."""
+    storage = companion._storage
+    storage.set_trial_state_values(run._trial_id, TrialState.RUNNING)
+    attrs = {keys.INTERRUPTED_ATTR: True, keys.WORKER_ATTR: {"pid": 1}, **attrs}
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(run._trial_id, key, value)
+    storage.set_trial_state_values(run._trial_id, TrialState.FAIL)
+
+
+def test_an_interrupted_run_is_retried_then_queued_afresh(searched):
+    study, companion = _confirmed(searched, 1, 1, [])
+    plan = confirm.stored_plan(study)
+    assert confirm.queue(study, companion, plan, 42) == 1
+    first = companion.get_trials()[0]
+    # Interrupted after it was seen to collapse (its run was being closed).
+    _interrupt(companion, first, **{keys.COLLAPSED_AT_ATTR: 5})
+    assert retries.requeue_interrupted(companion, None, max_retries=1)
+    assert confirm.queue(study, companion, plan, 42) == 1  # the retry is the run
+    retry = companion.get_trials()[1]
+    assert retry.state == TrialState.WAITING
+    assert retries.RetryStaleTrial.retried_trial_number(retry) == first.number
+    assert retry.user_attrs[keys.SEED_ATTR] == first.user_attrs[keys.SEED_ATTR]
+    # What the interrupted attempt ended with is not the retry's.
+    assert not set(keys.ATTEMPT_ATTRS) & set(retry.user_attrs)
+    # The retry is interrupted too, its one retry used: no retry comes, so
+    # the seed is queued afresh rather than waited for.
+    _interrupt(companion, retry)
+    assert not retries.requeue_interrupted(companion, None, max_retries=1)
+    assert len(companion.get_trials()) == 2
+    assert confirm.queue(study, companion, plan, 42) == 1
+    fresh = companion.get_trials()[2]
+    assert fresh.state == TrialState.WAITING
+    assert fresh.user_attrs[keys.SEED_ATTR] == first.user_attrs[keys.SEED_ATTR]
+    assert retries.RetryStaleTrial.retried_trial_number(fresh) is None
+
+
 def test_a_run_stops_at_the_validation_that_shows_its_collapse(searched):
     # Half of the finalist's own validation at the same epoch, not of its
     # search value: a slow start early on is not a collapse.
     curve = {"5": 0.12, "10": 0.34, "15": 0.37}
-    assert not confirm.collapsed_by(0.07, 5, curve)
-    assert confirm.collapsed_by(0.05, 5, curve)
+    assert not confirm.collapsed_by(0.17, 10, curve)
     assert confirm.collapsed_by(0.16, 10, curve)
+    assert confirm.collapsed_by(0.05, 15, curve)
     assert not confirm.collapsed_by(0.05, 20, curve)  # no validation to compare
+    # Never at the first validation, where a sound seed may start far behind.
+    assert not confirm.collapsed_by(0.01, 5, curve)
     # A run stopped so is collapsed whatever its value, and moots its
     # finalist's other seeds.
     study, companion = _confirmed(searched, 2, 2, [])
@@ -293,6 +358,18 @@ def test_a_close_runner_up_is_said(searched):
     finalists = confirm.results(study, companion)
     assert confirm.close_call(finalists)
     assert "within one standard error" in confirm.champion_text(finalists)
+
+
+def test_one_seed_shows_no_spread_and_separates_nothing(searched):
+    study, companion = _confirmed(searched, 2, 1, [
+        (0.36, 1, 11, {"depth": 2}),
+        (0.30, 2, 11, {"depth": 1}),
+    ])  # fmt: skip
+    finalists = confirm.results(study, companion)
+    assert confirm.close_call(finalists)  # no spread measured: cannot tell
+    text = confirm.champion_text(finalists)
+    assert "val top-100 0.3600 on 1 seed (no spread) (search 0.3600)" in text
+    assert "within one standard error" in text
 
 
 def test_export_takes_the_champion_else_says_why_unconfirmed(searched):
@@ -340,14 +417,12 @@ def test_bad_confirm_table_is_one_error(tmp_path, table, message):
         config.parse_study(text, tmp_path / "c.toml")
 
 
-def _launch(tmp_path, home, spec, extra=""):
+def _launch(tmp_path, home, spec, extra="", epochs=2):
     path = tmp_path / "c.toml"
-    path.write_text(
-        STUDY.format(
-            name="c", n_trials=2, sampler="random", rates="0.05, 0.2", baselines=""
-        )
-        + extra  # fmt: skip
+    text = STUDY.format(
+        name="c", n_trials=2, sampler="random", rates="0.05, 0.2", baselines=""
     )
+    path.write_text(text.replace("epochs = 2", f"epochs = {epochs}") + extra)
     return run_main("launch", str(path), "--data-source", spec,
                     env={"SWEEP_HOME": str(home)})  # fmt: skip
 
@@ -361,7 +436,7 @@ def test_a_launch_confirms_its_finalists_then_confirm_adds_seeds(
                      "\n[confirm]\nfinalists = 2\nseeds = 1\n"
                      "[data]\ntest_fraction = 0.2\n")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "confirming 2 finalists over 1 seeds" in result.stdout
+    assert "confirming 2 finalists over 1 seed" in result.stdout
     assert "confirmed champion: trial" in result.stdout
     url = f"sqlite:///{home / 'optuna.db'}"
     study = optuna.load_study(study_name="c", storage=url)
@@ -389,6 +464,9 @@ def test_a_launch_confirms_its_finalists_then_confirm_adds_seeds(
         assert tags[keys.ROLE_TAG] == "confirm"
         assert tags[keys.FINALIST_OF_TAG] == str(run.user_attrs[keys.FINALIST_OF_ATTR])
         assert tags[keys.SEED_TAG] == str(run.user_attrs[keys.SEED_ATTR])
+        # Its Optuna trial: the confirmation study's, not a search trial's.
+        assert tags[keys.STUDY_NAME_TAG] == "c:confirm"
+        assert tags[keys.TRIAL_NUMBER_TAG] == str(run.number)
         assert logged.data.params["depth"] == str(run.params["depth"])
         assert logged.info.status == "FINISHED"
         assert logged.data.metrics[keys.BEST_ACCURACY] == pytest.approx(run.value)
@@ -454,13 +532,44 @@ def test_a_launch_confirms_its_finalists_then_confirm_adds_seeds(
     assert version.tags[keys.CONFIRMED_TAG] == "true"
     assert version.tags[keys.TRIAL_TAG] == str(best.trial.number)
 
+    # The search finds a better configuration after the stage ran (as a longer
+    # `sweep resume --n-trials` would): it becomes a finalist and the stage
+    # runs its two seeds, the displaced finalist's four runs notwithstanding.
+    top = confirm.finalists(study.get_trials(), 1)[0]
+    taken = [t.params for t in study.trials]
+    new = next(
+        p
+        for depth in (1, 2)
+        for width in (8, 16)
+        if (p := {**top.params, "depth": depth, "width": width}) not in taken
+    )
+    study.add_trial(
+        create_trial(
+            value=top.value + 0.001,
+            params=new,
+            distributions=top.distributions,
+            intermediate_values=top.intermediate_values,
+        )
+    )
+    before = len(runs)
+    later = run_sweep("confirm", "c", "--data-source", synthetic_spec,
+                      env={"SWEEP_HOME": str(home)}, timeout=300)  # fmt: skip
+    assert later.returncode == 0, later.stderr
+    study = optuna.load_study(study_name="c", storage=url)
+    finalists = confirm.study_results(study)
+    assert finalists[0].trial.number == 2 and finalists[0].done
+    # Its two seeds queued once each (the second dropped unrun if the first
+    # collapsed), nothing queued over and over.
+    assert len(confirm.companion_of(study).trials) == before + 2
+
 
 @pytest.mark.slow
 def test_a_finalist_that_collapses_is_replaced_in_a_real_stage(
     tmp_path, cached_home, synthetic_spec
 ):
     home = cached_home
-    result = _launch(tmp_path, home, synthetic_spec)
+    # Three epochs, a validation each: a collapse is looked for from the second.
+    result = _launch(tmp_path, home, synthetic_spec, epochs=3)
     assert result.returncode == 0, result.stderr
     url = f"sqlite:///{home / 'optuna.db'}"
     study = optuna.load_study(study_name="c", storage=url)
@@ -473,7 +582,7 @@ def test_a_finalist_that_collapses_is_replaced_in_a_real_stage(
             value=1.5,
             params=lucky,
             distributions=searched[0].distributions,
-            intermediate_values={1: 1.5, 2: 1.5},
+            intermediate_values={1: 1.5, 2: 1.5, 3: 1.5},
         )
     )
     lucky_number = len(study.trials) - 1
@@ -485,13 +594,13 @@ def test_a_finalist_that_collapses_is_replaced_in_a_real_stage(
     by_finalist = {}
     for run in runs:
         by_finalist.setdefault(run.user_attrs[keys.FINALIST_OF_ATTR], []).append(run)
-    # The lucky finalist ran one seed, which stopped at its first validation
-    # (of two epochs), collapsed; its second was dropped unrun.
+    # The lucky finalist ran one seed, which stopped at its second validation
+    # (of three epochs), collapsed; its second seed was dropped unrun.
     lucky_runs = by_finalist.pop(lucky_number)
     assert [r.state.name for r in lucky_runs] == ["COMPLETE", "FAIL"]
-    assert lucky_runs[0].user_attrs[keys.COLLAPSED_AT_ATTR] == 1
-    assert list(lucky_runs[0].intermediate_values) == [1]
-    assert "@ epoch 1 (collapsed, stopped at 1)" in stage.stdout
+    assert lucky_runs[0].user_attrs[keys.COLLAPSED_AT_ATTR] == 2
+    assert list(lucky_runs[0].intermediate_values) == [1, 2]
+    assert "(collapsed, stopped at 2)" in stage.stdout
     assert "the finalist collapsed" in lucky_runs[1].user_attrs[keys.FAIL_REASON_ATTR]
     # The search's best configuration replaced it, over both seeds.
     assert list(by_finalist) == [searched[0].number]
@@ -523,7 +632,9 @@ def test_confirm_of_a_study_without_complete_trials_creates_nothing(
 def test_confirm_of_an_unknown_study_is_one_line(tmp_path):
     # In this process: a real process's "no study" line is resume's, the same
     # code (tests/test_study.py).
-    result = run_main("confirm", "ghost", env={"SWEEP_HOME": str(tmp_path / "h")})
+    home = tmp_path / "h"
+    result = run_main("confirm", "ghost", env={"SWEEP_HOME": str(home)})
     assert_one_line_error(result, "sweep confirm: error: no study 'ghost'")
+    assert not home.exists() or not any(home.iterdir())  # no store made
     bad = run_main("confirm", "ghost", "--seeds", "0")
     assert_one_line_error(bad, "argument --seeds: 0 is below 1", code=2)

@@ -73,6 +73,11 @@ def test_held_out_test_rows_are_seeded_and_outside_the_split(synthetic_features)
     assert set(test).isdisjoint(train) and set(test).isdisjoint(val)
     assert len(train) + len(val) + len(test) == everything
     assert len(train) == round(0.8 * (everything - len(test)))
+    # A share too small for one rating still holds one out: a test set asked
+    # for is never empty.
+    tiny = 0.1 / everything
+    assert len(f.test_rows(tiny)) == 1
+    assert sum(map(len, f.split(tiny))) == everything - 1
 
 
 def test_second_load_uses_the_cache(grouplens_spec, isolated_home):

@@ -43,13 +43,13 @@ learning_rate = { low = 0.05, high = 0.2, log = true }
 """
 
 
-def start_launch(tmp_path, home, pause_at, extra=""):
+def start_launch(tmp_path, home, pause_at, extra="", args=()):
     study_file = tmp_path / "crash.toml"
     study_file.write_text(STUDY + extra)
     marker = tmp_path / "paused"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.pause_flush", str(marker), str(pause_at),
-         "launch", str(study_file), "--data-source", "recbole"],
+         "launch", str(study_file), "--data-source", "recbole", *args],
         env={**os.environ, "SWEEP_HOME": str(home)},
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -225,3 +225,33 @@ def test_a_stopped_confirmation_resumes_on_two_workers_and_runs_nothing_twice(
     # The search was not run again.
     study = optuna.load_study(study_name="crash", storage=url)
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
+def test_a_confirmation_run_stopped_past_its_retries_runs_again_from_scratch(
+    tmp_path, home
+):
+    # No retry allowed: Ctrl-C fails the run for good, and the resumed stage
+    # queues its seed again instead of waiting for a retry that never comes.
+    proc = start_launch(tmp_path, home, AFTER_FIRST_CONFIRM_VALIDATION, CONFIRM,
+                        ("--max-retries", "0"))  # fmt: skip
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    url = f"sqlite:///{home / 'optuna.db'}"
+    companion = optuna.load_study(study_name="crash:confirm", storage=url)
+    assert [t.state.name for t in companion.trials] == ["FAIL", "WAITING"]
+    stopped = companion.trials[0]
+    result = run_sweep("resume", "crash", "--max-retries", "0",
+                       "--data-source", "recbole",
+                       env={"SWEEP_HOME": str(home)}, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "confirmed champion: trial 0" in result.stdout
+    runs = optuna.load_study(study_name="crash:confirm", storage=url).trials
+    complete = [t for t in runs if t.state.name == "COMPLETE"]
+    assert len(complete) == 2
+    seed = stopped.user_attrs["sweep.seed"]
+    again = next(t for t in complete if t.user_attrs["sweep.seed"] == seed)
+    # A new run, not a retry: from its first epoch, without the stop's marks.
+    assert "failed_trial" not in again.system_attrs
+    assert "resumed_from_epoch" not in again.user_attrs
+    assert "sweep.interrupted" not in again.user_attrs
