@@ -679,8 +679,9 @@ def differences(old: Study, new: Study) -> str:
     pairs = [
         (f"[study] {f.name}", getattr(old.study, f.name), getattr(new.study, f.name))
         for f in dataclasses.fields(StudySettings)
-        # What a launch imports changes nothing once the study exists.
-        if f.name != "warm_start"
+        # What a launch imports changes nothing once the study exists, and a
+        # time budget belongs to each command run, not to the study.
+        if f.name not in ("warm_start", "timeout")
     ]
     pairs += [
         (

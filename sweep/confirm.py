@@ -160,7 +160,8 @@ def queue(
     and once every finalist has, the next configuration gets its seeds. Safe
     to call from several workers at once: a run queued twice is dropped when
     it starts (`duplicate_of`), and so is one of a finalist that has collapsed
-    since it was queued (`collapsed`).
+    since it was queued (`collapsed`) or one the plan no longer needs
+    (`outside_plan`).
 
     Args:
         study: The search study.
@@ -179,22 +180,14 @@ def queue(
     Raises:
         SweepError: The search has no complete trial to confirm.
     """
-    from sweep import space  # the training stack: not for `sweep status`
-
     trials = study.get_trials(deepcopy=False)
     if runs is None:
         runs = companion.get_trials(deepcopy=False)
-    chosen = _plan(trials, runs, plan)
+    chosen, seeds, needed = _needs(trials, runs, plan, seed)
     check_confirmable(study.study_name, [f.trial for f in chosen])
-    taken = {space.trial_seed(seed, t.number) for t in trials}
-    seeds = confirmation_seeds(seed, plan.seeds, taken)
     # A failed run is queued again: an interrupted one was retried already
     # (its retry is here) unless its retries were used up.
-    have = {
-        (_config_key(_configuration(t)), t.user_attrs.get(keys.SEED_ATTR))
-        for t in runs
-        if t.state != TrialState.FAIL
-    }
+    have = {_run_key(t) for t in runs if t.state != TrialState.FAIL}
     for finalist in chosen:
         if finalist.unstable:
             continue
@@ -219,20 +212,61 @@ def queue(
     # A running run the plan does not need (its finalist collapsed meanwhile)
     # counts when it ends; until then the target leaves it room (`Objective`
     # counts it as ahead).
+    unneeded = sum(
+        1 for t in runs if t.state == TrialState.RUNNING and _run_key(t) not in needed
+    )
+    return finished + missing + unneeded
+
+
+def outside_plan(
+    study: optuna.Study,
+    plan: Plan,
+    seed: int,
+    run: FrozenTrial,
+    runs: list[FrozenTrial],
+) -> bool:
+    """Whether a queued run is one the plan no longer needs.
+
+    Its configuration is no finalist any more (a better search trial displaced
+    it, or `sweep confirm --finalists` asked for fewer), or its seed is beyond
+    the plan's (`--seeds` asked for fewer). Such a run was queued before the
+    plan changed; it is dropped when it starts rather than trained.
+
+    Args:
+        study: The search study.
+        plan: The plan as stored now.
+        seed: The study seed.
+        run: The run about to start.
+        runs: The confirmation study's trials.
+    """
+    _, _, needed = _needs(study.get_trials(deepcopy=False), runs, plan, seed)
+    return _run_key(run) not in needed
+
+
+def _needs(
+    trials: list[FrozenTrial], runs: list[FrozenTrial], plan: Plan, seed: int
+) -> tuple[list[Finalist], list[int], set[tuple]]:
+    """The plan's finalists, its seeds, and the (configuration, seed) runs it needs.
+
+    The runs of a finalist that collapsed are not needed.
+    """
+    from sweep import space  # the training stack: not for `sweep status`
+
+    chosen = _plan(trials, runs, plan)
+    taken = {space.trial_seed(seed, t.number) for t in trials}
+    seeds = confirmation_seeds(seed, plan.seeds, taken)
     needed = {
         (_config_key(f.trial.params), run_seed)
         for f in chosen
         if not f.unstable
         for run_seed in seeds
     }
-    unneeded = sum(
-        1
-        for t in runs
-        if t.state == TrialState.RUNNING
-        and (_config_key(_configuration(t)), t.user_attrs.get(keys.SEED_ATTR))
-        not in needed
-    )
-    return finished + missing + unneeded
+    return chosen, seeds, needed
+
+
+def _run_key(run: FrozenTrial) -> tuple:
+    """A run's (configuration, seed): what no two runs of a plan share."""
+    return _config_key(_configuration(run)), run.user_attrs.get(keys.SEED_ATTR)
 
 
 def check_confirmable(name: str, chosen: list[FrozenTrial]) -> None:

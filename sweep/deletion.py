@@ -35,7 +35,7 @@ from mlflow.entities import Experiment, LifecycleStage, ViewType
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
-from sweep import confirm, keys, retries, servers
+from sweep import confirm, keys, presence, retries, servers
 from sweep.errors import SweepError
 from sweep.stores import Stores, open_study, open_tracker
 from sweep.tracking import Tracker, is_server
@@ -102,18 +102,8 @@ def plan(stores: Stores, checkpoints: Path, name: str, models: bool) -> Plan:
     """
     study = open_study(stores, name)
     studies = confirm.stages(study)
-    trials = 0
-    for one in studies:
-        every = one.get_trials(deepcopy=False)
-        trials += len(every)
-        running = [t for t in every if t.state == TrialState.RUNNING]
-        live = retries.live_workers(one, running)
-        if live:
-            raise SweepError(
-                f"study {name!r} has a live worker ({', '.join(live)}, heartbeat "
-                f"within the last {retries.GRACE_SECONDS} s); stop it (Ctrl-C) "
-                "or wait for it to end, then delete"
-            )
+    _refuse_if_live(name, studies)
+    trials = sum(len(one.get_trials(deepcopy=False)) for one in studies)
     tracker = open_tracker(stores)
     experiment = _experiment(tracker, study)
     runs = () if experiment is None else _artifact_uris(tracker, experiment)
@@ -125,6 +115,25 @@ def plan(stores: Stores, checkpoints: Path, name: str, models: bool) -> Plan:
     )
     return Plan(name, tuple(studies), trials, tracker, experiment, runs, versions,
                 models, folders)  # fmt: skip
+
+
+def _refuse_if_live(name: str, studies: list[optuna.Study]) -> None:
+    """Raises unless no process works on the study: no trial runs, none waits.
+
+    Raises:
+        SweepError: A worker runs one of its trials, or a `sweep` process has
+            the study open (loading data, between trials).
+    """
+    live = set(presence.live(studies[0]))
+    for one in studies:
+        running = one.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        live.update(retries.live_workers(one, running))
+    if live:
+        raise SweepError(
+            f"study {name!r} has a live worker ({', '.join(sorted(live))}, seen "
+            f"within the last {retries.GRACE_SECONDS} s); stop it (Ctrl-C) or "
+            "wait for it to end, then delete"
+        )
 
 
 def _experiment(tracker: Tracker, study: optuna.Study) -> Experiment | None:
@@ -162,8 +171,11 @@ def delete(stores: Stores, deletion: Plan) -> None:
     """Removes everything `deletion` lists, the Optuna study last.
 
     Raises:
-        SweepError: A store refused (the study stays, to delete again).
+        SweepError: A worker started on the study since `plan` (nothing is
+            removed), or a store refused (the study stays, to delete again).
     """
+    # The user may have taken a while to confirm: look again.
+    _refuse_if_live(deletion.name, list(deletion.studies))
     try:
         if deletion.versions and deletion.models:
             deletion.tracker.client.delete_registered_model(deletion.name)

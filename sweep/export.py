@@ -13,8 +13,9 @@ written to a hidden folder beside the target and checked there: the saved
 `model.keras` is loaded back (safe mode) and evaluated on the validation split,
 and must score what the trial logged (within `PARITY_TOLERANCE`); the serving
 SavedModel is loaded back and must give the Keras query tower's outputs. Only
-then is the model registered (`sweep.registry`) and the folder renamed into
-place, so the target holds a complete export or nothing new.
+then is the folder renamed into place, so the target holds a complete export
+or nothing new, and then the model registered (`sweep.registry`), so a
+registered version always has its export.
 
 The export folder holds:
     model.keras      the two-tower model (`keras.saving.load_model`, safe mode;
@@ -184,8 +185,9 @@ def select(
         What to export (`choose`).
 
     Raises:
-        SweepError: A non-empty folder (without `force`), an unknown study, or a
-            trial that is missing or not complete.
+        SweepError: A folder that cannot be written, is the current one or
+            is not empty (without `force`); an unknown study; or a trial that
+            is missing or not complete.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -196,12 +198,34 @@ def select(
             f"--out {out} is under {existing}, which is a file; expected a folder "
             "path (new or empty)"
         )
+    # The export is renamed into place at the end: the current folder (or one
+    # holding it) would be swapped from under the shell that runs `sweep`.
+    where = _absolute(out)
+    if where == Path.cwd() or where in Path.cwd().parents:
+        raise SweepError(
+            f"--out {out} is the current folder or holds it; expected a new or "
+            "empty folder to export into, e.g. --out ./export"
+        )
+    # The export is built beside `out`, so that is where it must be writable.
+    beside = nearest_existing(where.parent)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".sweep-probe-", dir=beside))
+    except OSError as e:
+        raise SweepError(
+            f"--out {out} cannot be written ({e.strerror} in {beside}); "
+            "choose a folder you can write to"
+        ) from None
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SweepError(
             f"--out {out} exists and is not empty; choose a new folder or pass "
             "--force to replace it"
         )
     return choose(open_study(stores, name), trial_number)
+
+
+def _absolute(out: Path) -> Path:
+    """`out` from the root, without `.` or `..` (so it always has a name)."""
+    return Path(os.path.abspath(out))
 
 
 def export(
@@ -232,7 +256,7 @@ def export(
         SweepError: The trial's model is missing, does not load, was trained on
             other data, or fails the parity check; `out` is then left as it was.
     """
-    out = Path(out)
+    out = _absolute(out)
     trial = choice.trial
     tracker = open_tracker(stores)
     run_id = trial.user_attrs.get(keys.RUN_ID_ATTR)
@@ -278,12 +302,15 @@ def export(
         write_indexes(model, features, folder)
         write_serving(model, folder / SERVING_DIR)
         (folder / EXPORT_FILE).write_text(json.dumps(description, indent=2) + "\n")
+        # In place before it is registered: a version (and `@champion`) never
+        # points at an export that did not land.
+        _move_into_place(folder, out)
         version = None
         if register:
             version = registry.register(
                 stores.tracking_uri,
                 name,
-                folder / MODEL_FILE,
+                out / MODEL_FILE,
                 run_id,
                 _version_tags(name, choice, run_id),
                 description["versions"],
@@ -291,7 +318,6 @@ def export(
             )
             alias = f" as @{registry.CHAMPION_ALIAS}" if choice.alias else ""
             log(f"registered model {name!r} version {version}{alias}")
-        _move_into_place(folder, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ExportResult(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -180,6 +181,8 @@ class Objective:
         experiment_id: The study's MLflow experiment.
         parent_run_id: The study's MLflow run.
         checkpoints: The folder for this study's trial checkpoints.
+        outside_plan: For the confirmation stage: whether a run about to start
+            (given the stage's trials) is one its plan no longer needs.
     """
 
     def __init__(
@@ -190,8 +193,10 @@ class Objective:
         experiment_id: str,
         parent_run_id: str,
         checkpoints: Path,
+        outside_plan: Callable[[FrozenTrial, list[FrozenTrial]], bool] | None = None,
     ):
         self.study = study
+        self.outside_plan = outside_plan
         self.features = features
         self.tracker = tracker
         self.experiment_id = experiment_id
@@ -345,13 +350,15 @@ class Objective:
     def _check_not_duplicate(
         self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial]
     ) -> None:
-        """Drops a confirmation run queued twice, or of a finalist that collapsed."""
+        """Drops a confirmation run queued twice, or one no longer needed."""
         earlier = confirm.duplicate_of(frozen, trials)
         if earlier is not None:
             _drop(trial, f"trial {earlier} runs the same")
         collapsed = confirm.collapsed(frozen, trials)
         if collapsed is not None:
             _drop(trial, f"the finalist collapsed in trial {collapsed}")
+        if self.outside_plan is not None and self.outside_plan(frozen, trials):
+            _drop(trial, "its configuration or seed is no longer in the plan")
 
     def _checkpoint_of(
         self, trial: FrozenTrial, previous_run: str | None

@@ -198,17 +198,41 @@ def open_study(stores: Stores, name: str) -> optuna.Study:
     Raises:
         SweepError: The store or the study does not exist.
     """
+    storage = open_existing_storage(stores.storage, name)
+    assert storage is not None  # a missing store with a name raises
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def open_existing_storage(
+    url: str, name: str | None = None
+) -> optuna.storages.RDBStorage | None:
+    """The storage at `url` if it exists, to read; never creates a SQLite file.
+
+    Args:
+        url: The storage URL.
+        name: A study that must be in it; None to accept any storage.
+
+    Returns:
+        The storage, or None when `url` is a SQLite file that does not exist
+        and no study was named.
+
+    Raises:
+        SweepError: `name` is given and the store or the study does not exist.
+    """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    path = sqlite.path_of(stores.storage)
+    path = sqlite.path_of(url)
     if path is not None and not path.is_file():
+        if name is None:
+            return None
         raise SweepError(
             f"no study {name!r}: there is no Optuna storage at {path}; launch "
             "a study first (sweep launch STUDY_FILE), or pass --storage / set "
             "SWEEP_HOME to where it ran"
         )
-    storage = open_storage(stores.storage)
-    check_exists(storage, stores.storage, name)
-    return optuna.load_study(study_name=name, storage=storage)
+    storage = open_storage(url)
+    if name is not None:
+        check_exists(storage, url, name)
+    return storage
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -235,6 +235,10 @@ def _open(
             "unchanged: resume it without a file, or launch the new file under "
             "another [study] name"
         )
+    if study_file is not None:
+        # The file given now sets this run's time budget (`differences` allows it).
+        settings = dataclasses.replace(launched.study, timeout=study_file.study.timeout)
+        launched = dataclasses.replace(launched, study=settings)
     # Reseeded past the trials already run: a resumed sampler must not replay
     # the proposals of the first run.
     study.sampler = space.make_sampler(
@@ -407,6 +411,10 @@ def _confirm(
         current = confirm.stored_plan(study) or plan
         return confirm.queue(study, companion, current, settings.seed, runs)
 
+    def outside_plan(run: FrozenTrial, runs: list[FrozenTrial]) -> bool:
+        current = confirm.stored_plan(study) or plan
+        return confirm.outside_plan(study, current, settings.seed, run, runs)
+
     target = queue()
     if progress:
         print(f"confirming {_count(plan.finalists, 'finalist')} over "
@@ -418,6 +426,7 @@ def _confirm(
         search.experiment_id,
         search.parent_run_id,
         checkpoints / companion.study_name,
+        outside_plan=outside_plan,
     )
     # The finalists' table and plot are the search study's report.
     out_of_time = run_trials(companion, objective, target, progress,

@@ -109,13 +109,14 @@ def status_report(storage_url: str, name: str | None = None) -> str:
     """
     from sweep import stores
 
-    storage = stores.open_storage(storage_url)
+    storage = stores.open_existing_storage(storage_url, name)
+    if storage is None:
+        return f"no studies in {servers.redact(storage_url)}"
     # A confirmation stage is shown with the study it confirms.
     summaries = [
         s for s in storage.get_all_studies() if not confirm.is_companion(s.study_name)
     ]
     if name is not None:
-        stores.check_exists(storage, storage_url, name)
         summaries = [s for s in summaries if s.study_name == name]
     if not summaries:
         return f"no studies in {servers.redact(storage_url)}"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweep import config as config_module
-from sweep import data, keys, retries, servers, summary, ui, workers
+from sweep import data, keys, presence, retries, servers, summary, ui, workers
 from sweep.errors import SweepError
 from sweep.home import Home
 from sweep.stores import Stores, check_servers, open_study, resolve_stores
@@ -140,7 +140,8 @@ def launch(
         f"{training.epochs} epochs, sampler {settings.sampler}, pruner "
         f"{settings.pruner_text}"
     )
-    return _work(session, stores, home, features, options, started)
+    with presence.announced(session.study):
+        return _work(session, stores, home, features, options, started)
 
 
 def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
@@ -168,13 +169,15 @@ def resume(name: str, options: RunOptions, path: Path | None = None) -> int:
         options.max_retries,
         options.worker_index or 0,
     )
-    features = data.load(options.data_source, home=home, log=print)
-    done = summary.finished_count(session.study)
-    print(
-        f"study {name!r}: {done} of {session.target} trials finished"
-        + (f" (worker {options.worker_index})" if options.worker_index else "")
-    )
-    return _work(session, stores, home, features, options, started)
+    # Announced before the data is built: `sweep delete` waits for it from now.
+    with presence.announced(session.study):
+        features = data.load(options.data_source, home=home, log=print)
+        done = summary.finished_count(session.study)
+        print(
+            f"study {name!r}: {done} of {session.target} trials finished"
+            + (f" (worker {options.worker_index})" if options.worker_index else "")
+        )
+        return _work(session, stores, home, features, options, started)
 
 
 def confirm(
@@ -213,9 +216,10 @@ def confirm(
         finalists=finalists or plan.finalists,
         seeds=seeds or plan.seeds,
     )
-    features = data.load(options.data_source, home=home, log=print)
-    session.study.set_user_attr(keys.CONFIRM_PLAN_ATTR, plan.as_attr())
-    return _work(session, stores, home, features, options, None, search=False)
+    with presence.announced(session.study):
+        features = data.load(options.data_source, home=home, log=print)
+        session.study.set_user_attr(keys.CONFIRM_PLAN_ATTR, plan.as_attr())
+        return _work(session, stores, home, features, options, None, search=False)
 
 
 def _work(

@@ -80,6 +80,29 @@ def test_export_under_a_file_is_one_line(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "out, fragment",
+    [
+        (".", "--out . is the current folder or holds it"),
+        ("..", "--out .. is the current folder or holds it"),
+        ("/proc/sweep-export", "--out /proc/sweep-export cannot be written"),
+    ],
+)
+def test_export_to_an_unusable_folder_is_refused_first(
+    tmp_path, monkeypatch, out, fragment
+):
+    if out.startswith("/proc") and not os.path.isdir("/proc"):
+        pytest.skip("needs Linux's /proc")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    home = tmp_path / "home"
+    result = run_main("export", "t", "--out", out, env={"SWEEP_HOME": str(home)})
+    assert_one_line_error(result, fragment)
+    # Refused before the study, the data or the registry was touched.
+    assert not [p for p in tmp_path.rglob("*") if p not in (work, home)]
+
+
 @pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
 def test_ui_port_out_of_range_is_one_line(port):
     result = run_sweep("ui", "--port", port)
@@ -131,6 +154,18 @@ def test_sweep_home_under_a_file_is_one_line(tmp_path):
     assert_one_line_error(
         result, f"SWEEP_HOME={home} is under {tmp_path / 'file'}, which is a file"
     )
+
+
+def test_status_reads_and_never_creates_a_storage(tmp_path):
+    home = tmp_path / "home"
+    env = {"SWEEP_HOME": str(home)}
+    fresh = run_main("status", env=env)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.strip() == f"no studies in sqlite:///{home / 'optuna.db'}"
+    typo = tmp_path / "typo.db"
+    named = run_main("status", "t", "--storage", f"sqlite:///{typo}", env=env)
+    assert_one_line_error(named, f"no study 't': there is no Optuna storage at {typo}")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["home"]
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,11 @@ def test_good_file_parses(tmp_path):
     held = load_study(write(tmp_path, GOOD + "\n[data]\ntest_fraction = 0.1\n"))
     assert held.data.test_fraction == 0.1
     assert "[data] test_fraction: 0.0 -> 0.1" in differences(study, held)
+    # A time budget is each run's own: a file that only changes it is the same study.
+    budget = load_study(
+        write(tmp_path, GOOD.replace("[training]", 'timeout = "5m"\n[training]', 1))
+    )
+    assert budget.study.timeout == 300 and differences(study, budget) == ""
 
 
 # Each kind of bad study file: (change to GOOD, the message it must give).

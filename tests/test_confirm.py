@@ -263,6 +263,50 @@ def test_the_next_configuration_joins_only_when_every_finalist_collapsed(searche
     assert confirm.champion(finalists) is None
 
 
+def test_a_queued_run_the_plan_no_longer_needs_is_dropped_unrun(tmp_path):
+    text = STUDY.format(name="c", n_trials=2, sampler="random", rates="0.1, 0.3",
+                        baselines="")  # fmt: skip
+    study_file = config.parse_study(text, tmp_path / "c.toml")
+    storage = stores.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="c", storage=storage, direction="maximize")
+    for attr in (keys.EXPERIMENT_ATTR, keys.PARENT_RUN_ATTR):
+        study.set_user_attr(attr, "1")
+    distributions = space.distributions(study_file)
+    first = {"depth": 1, "width": 8, "embedding_dim": 16, "learning_rate": 0.1}
+    study.add_trial(create_trial(value=0.35, params=first, distributions=distributions))
+    study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 1, "seeds": 2})
+    companion = confirm.open_companion(study, storage)
+
+    def outside_plan(run, runs):
+        return confirm.outside_plan(study, confirm.stored_plan(study), 3, run, runs)
+
+    confirm.queue(study, companion, confirm.stored_plan(study), 3)
+    queued = companion.get_trials()
+    assert not any(outside_plan(run, queued) for run in queued)
+    # The search goes on and finds a better configuration before a worker
+    # starts the queued runs: the old finalist's runs are not trained.
+    better = {**first, "depth": 2, "learning_rate": 0.3}
+    study.add_trial(
+        create_trial(value=0.40, params=better, distributions=distributions)
+    )
+    # Nothing here trains: features and tracker are never reached.
+    objective = Objective(
+        study_file, None, None, "1", "parent", tmp_path, outside_plan=outside_plan
+    )
+    companion.optimize(objective, n_trials=1, catch=(TrialFailed,))
+    dropped = companion.get_trials()[0]
+    assert dropped.state == TrialState.FAIL and dropped.user_attrs[keys.SURPLUS_ATTR]
+    assert "no longer in the plan" in dropped.user_attrs[keys.FAIL_REASON_ATTR]
+    # The new finalist's seeds are queued; of a plan cut to one seed, its
+    # second seed's run is not needed either.
+    confirm.queue(study, companion, confirm.stored_plan(study), 3)
+    runs = companion.get_trials()
+    new = [t for t in runs if t.user_attrs[keys.FINALIST_OF_ATTR] == 1]
+    assert len(new) == 2 and not any(outside_plan(run, runs) for run in new)
+    study.set_user_attr(keys.CONFIRM_PLAN_ATTR, {"finalists": 1, "seeds": 1})
+    assert [outside_plan(run, runs) for run in new] == [False, True]
+
+
 def test_a_finalist_found_after_the_stage_ran_gets_its_runs(searched):
     study, companion = _confirmed(searched, 1, 2, [])
     plan = confirm.stored_plan(study)

@@ -2,19 +2,23 @@
 
 import io
 import os
+import signal
 import socket
+import subprocess
+import time
 
 import mlflow
 import optuna
 import pytest
 from mlflow.exceptions import MlflowException
 
-from sweep import keys
+from sweep import keys, presence
 from tests.helpers import (
     STUDY,
     assert_one_line_error,
     run_main,
     run_sweep,
+    start_sweep,
     study_in_home,
 )
 
@@ -67,6 +71,25 @@ def test_delete_removes_the_study_everywhere_and_the_file_launches_again(
     assert "delete study 'd': 3 trials" in kept.stdout
     assert "keeping 1 registered model versions of 'd'" in kept.stdout
     assert _names(home) == ["d", "d:confirm"]
+
+    # A `sweep resume` process that has the study open but runs no trial
+    # (here: stopped while it loads the data) keeps it from deletion.
+    worker = start_sweep("resume", "d", "--data-source", synthetic_spec, env=env)
+    study = optuna.load_study(study_name="d", storage=f"sqlite:///{home / 'optuna.db'}")
+    try:
+        while not presence.live(study) and worker.poll() is None:
+            time.sleep(0.02)
+        worker.send_signal(signal.SIGSTOP)
+        assert presence.live(study) == [f"{socket.gethostname()}:{worker.pid}"]
+        refused = run_main("delete", "d", "--yes", env=env)
+        assert_one_line_error(
+            refused, "study 'd' has a live worker", f":{worker.pid}", "stop it"
+        )
+    finally:
+        worker.send_signal(signal.SIGCONT)
+        _, errors = worker.communicate(timeout=300)
+    assert worker.returncode == 0, errors
+    assert presence.live(study) == [] and _names(home) == ["d", "d:confirm"]
 
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
     deleted = run_main("delete", "d", env=env)
@@ -127,3 +150,26 @@ def test_delete_of_an_unknown_study_is_one_line(tmp_path, monkeypatch):
     study_in_home(tmp_path / "home", monkeypatch, name="kept")
     result = run_sweep("delete", "ghost", "--yes")
     assert_one_line_error(result, "no study 'ghost'", "(studies there: kept)")
+
+
+def test_a_process_counts_as_live_while_announced_and_fresh(tmp_path, monkeypatch):
+    study, storage = study_in_home(tmp_path / "home", monkeypatch, name="open")
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    with presence.announced(study):
+        assert presence.live(study) == [me]
+        result = run_main("delete", "open", "--yes")
+        assert_one_line_error(result, "study 'open' has a live worker", me)
+    assert presence.live(study) == []
+    # Another machine's process counts until its entry goes stale; a process
+    # of this machine that is gone (killed with -9) does not count at all.
+    gone = subprocess.Popen(["true"])  # a pid that has just exited
+    gone.wait()
+    host, now = socket.gethostname(), time.time()
+    study.set_user_attr(
+        keys.PRESENCE_ATTR,
+        {"far:1": now, "far:2": now - 10 * 60, f"{host}:{gone.pid}": now},
+    )
+    assert presence.live(study) == ["far:1"]
+    study.set_user_attr(keys.PRESENCE_ATTR, {"far:2": now - 10 * 60})
+    assert run_main("delete", "open", "--yes").returncode == 0
+    assert storage.get_all_studies() == []
