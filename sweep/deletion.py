@@ -124,10 +124,16 @@ def _refuse_if_live(name: str, studies: list[optuna.Study]) -> None:
         SweepError: A worker runs one of its trials, or a `sweep` process has
             the study open (loading data, between trials).
     """
-    live = set(presence.live(studies[0]))
+    live = []
     for one in studies:
         running = one.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        live.update(retries.live_workers(one, running))
+        live += retries.live_workers(one, running)
+    # A process running a trial is named once, with its trial.
+    live += [
+        p
+        for p in presence.live(studies[0])
+        if not any(w.startswith(f"{p} (") for w in live)
+    ]
     if live:
         raise SweepError(
             f"study {name!r} has a live worker ({', '.join(sorted(live))}, seen "
@@ -174,14 +180,22 @@ def delete(stores: Stores, deletion: Plan) -> None:
         SweepError: A worker started on the study since `plan` (nothing is
             removed), or a store refused (the study stays, to delete again).
     """
-    # The user may have taken a while to confirm: look again.
-    _refuse_if_live(deletion.name, list(deletion.studies))
+    # Marked first, then looked at again (the user may have taken a while to
+    # confirm): a worker that starts from now on sees the mark and stops.
+    presence.mark_deleting(deletion.studies[0], True)
+    try:
+        presence.settle(deletion.studies[0])
+        _refuse_if_live(deletion.name, list(deletion.studies))
+    except SweepError:
+        presence.mark_deleting(deletion.studies[0], False)
+        raise
     try:
         if deletion.versions and deletion.models:
             deletion.tracker.client.delete_registered_model(deletion.name)
         if deletion.experiment is not None:
             _delete_experiment(stores, deletion)
     except MlflowException as e:
+        presence.mark_deleting(deletion.studies[0], False)
         raise SweepError(
             f"MLflow refused to delete study {deletion.name!r}'s runs or models "
             f"({servers.one_line(e)[:300]}); the study is kept: run `sweep delete "

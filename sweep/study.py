@@ -34,6 +34,7 @@ from sweep.retries import DEFAULT_MAX_RETRIES
 from sweep.stores import (
     Stores,
     check_exists,
+    open_existing_storage,
     open_storage,
     open_tracker,
     study_names,
@@ -98,12 +99,7 @@ def launch(
         if join:
             return _open(settings.name, tracker, storage, stores, n_trials,
                          study_file, max_retries, join=True)  # fmt: skip
-        raise SweepError(
-            f"study {settings.name!r} already exists in "
-            f"{servers.redact(stores.storage)}; continue it with "
-            f"`sweep resume {settings.name}`, or give the study file another "
-            "[study] name"
-        )
+        raise _exists(settings.name, stores.storage)
     # Before anything is created: every study to start from must exist.
     sources = warmstart.sources(storage, stores.storage, settings.warm_start)
     experiment_id = tracker.experiment(settings.name, list(study_file.space))
@@ -143,6 +139,35 @@ def launch(
     _record(study, study_file, target, experiment_id, parent_run_id,
             ran=[t.params for t in imported])  # fmt: skip
     return Session(study, study_file, tracker, target, stores.storage, note)
+
+
+def check_launchable(
+    study_file: config_module.Study, stores: Stores, join: bool
+) -> None:
+    """Refuses, before the data is built, a launch that `launch` would refuse.
+
+    Reads the storage only: a launch refused here creates nothing (no store
+    file, no MLflow experiment).
+
+    Raises:
+        SweepError: The study exists (and not `join`), or a study to
+            warm-start from does not.
+    """
+    settings = study_file.study
+    needed = settings.warm_start[0] if settings.warm_start else None
+    storage = open_existing_storage(stores.storage, needed)
+    if storage is None:
+        return
+    if not join and settings.name in study_names(storage):
+        raise _exists(settings.name, stores.storage)
+    warmstart.sources(storage, stores.storage, settings.warm_start)
+
+
+def _exists(name: str, url: str) -> SweepError:
+    return SweepError(
+        f"study {name!r} already exists in {servers.redact(url)}; continue it "
+        f"with `sweep resume {name}`, or give the study file another [study] name"
+    )
 
 
 def _record(

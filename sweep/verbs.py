@@ -120,10 +120,13 @@ def launch(
         study_file = config_module.with_warm_start(study_file, warm_start)
     home = Home.from_environment()
     stores = resolve_stores(home, options.storage, options.tracking_uri)
-    # Servers that cannot be reached are told before the data is built.
+    # Servers that cannot be reached, and a launch that would be refused, are
+    # told before the data is built.
     check_servers(stores)
-    features = data.load(options.data_source, home=home, log=print)
     from sweep import study
+
+    study.check_launchable(study_file, stores, join)
+    features = data.load(options.data_source, home=home, log=print)
 
     session = study.launch(
         study_file,

@@ -12,7 +12,10 @@ import optuna
 import pytest
 from mlflow.exceptions import MlflowException
 
-from sweep import keys, presence
+from sweep import deletion, keys, presence
+from sweep.errors import SweepError
+from sweep.home import Home
+from sweep.stores import resolve_stores
 from tests.helpers import (
     STUDY,
     assert_one_line_error,
@@ -173,3 +176,29 @@ def test_a_process_counts_as_live_while_announced_and_fresh(tmp_path, monkeypatc
     study.set_user_attr(keys.PRESENCE_ATTR, {"far:2": now - 10 * 60})
     assert run_main("delete", "open", "--yes").returncode == 0
     assert storage.get_all_studies() == []
+
+
+def test_a_worker_and_a_deletion_that_start_together_never_both_go_on(
+    tmp_path, monkeypatch
+):
+    study, storage = study_in_home(tmp_path / "home", monkeypatch, name="race")
+    stores = resolve_stores(Home.from_environment())
+    # A worker that announces itself after the deletion's plan: the deletion,
+    # looking again once it has marked the study, refuses and clears its mark.
+    what = deletion.plan(stores, tmp_path / "home" / "checkpoints", "race", False)
+    with presence.announced(study):
+        with pytest.raises(SweepError, match="has a live worker"):
+            deletion.delete(stores, what)
+    assert presence.deleting_since(study) is None
+    # A worker that announces itself after the mark stops, and leaves no entry.
+    presence.mark_deleting(study, True)
+    with pytest.raises(SweepError, match=r"study 'race' is being deleted \(since"):
+        with presence.announced(study):
+            pytest.fail("the worker went on under a deletion")
+    assert presence.live(study) == []
+    deletion.delete(stores, what)
+    assert storage.get_all_studies() == []
+    # A worker that opened the study before it was removed says so in one line.
+    with pytest.raises(SweepError, match="study 'race' was deleted"):
+        with presence.announced(study):
+            pass

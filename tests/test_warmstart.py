@@ -109,7 +109,16 @@ def test_an_unknown_study_to_start_from_is_one_line_and_creates_nothing(tmp_path
     path = _file(tmp_path, "new")
     result = run_main("launch", str(path), "--warm-start", "ghost")
     assert_one_line_error(result, "no study 'ghost'", "sweep launch STUDY_FILE")
+    # Told before the data was built or a store created.
+    folder = tmp_path / "home"
+    assert not folder.exists() or not any(folder.iterdir())
+    # Likewise with a storage that holds other studies.
     storage = stores.open_storage(home.storage)
+    optuna.create_study(study_name="other", storage=storage)
+    result = run_main("launch", str(path), "--warm-start", "ghost")
+    assert_one_line_error(result, "no study 'ghost'", "(studies there: other)")
+    assert not {p.name for p in folder.iterdir()} & {"mlflow.db", "cache"}
+    optuna.delete_study(study_name="other", storage=storage)
     assert [s.study_name for s in storage.get_all_studies()] == []
     uri = home.tracking_uri
     assert mlflow.MlflowClient(uri).get_experiment_by_name("new") is None
