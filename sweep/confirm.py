@@ -238,6 +238,9 @@ def outside_plan(
         seed: The study seed.
         run: The run about to start.
         runs: The confirmation study's trials.
+
+    Returns:
+        True if `run` should be dropped untrained.
     """
     _, _, needed = _needs(study.get_trials(deepcopy=False), runs, plan, seed)
     return _run_key(run) not in needed

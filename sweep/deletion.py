@@ -21,11 +21,13 @@ so that their logged models still resolve.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import shutil
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -33,7 +35,6 @@ from pathlib import Path
 import optuna
 from mlflow.entities import Experiment, LifecycleStage, ViewType
 from mlflow.exceptions import MlflowException
-from optuna.trial import TrialState
 
 from sweep import confirm, keys, presence, retries, servers
 from sweep.errors import SweepError
@@ -118,27 +119,22 @@ def plan(stores: Stores, checkpoints: Path, name: str, models: bool) -> Plan:
 
 
 def _refuse_if_live(name: str, studies: list[optuna.Study]) -> None:
-    """Raises unless no process works on the study: no trial runs, none waits.
+    """Raises unless no process works on the study.
+
+    Args:
+        name: The study.
+        studies: The study and its confirmation stage (`confirm.stages`).
 
     Raises:
         SweepError: A worker runs one of its trials, or a `sweep` process has
             the study open (loading data, between trials).
     """
-    live = []
-    for one in studies:
-        running = one.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        live += retries.live_workers(one, running)
-    # A process running a trial is named once, with its trial.
-    live += [
-        p
-        for p in presence.live(studies[0])
-        if not any(w.startswith(f"{p} (") for w in live)
-    ]
+    live = presence.workers(studies)
     if live:
         raise SweepError(
-            f"study {name!r} has a live worker ({', '.join(sorted(live))}, seen "
-            f"within the last {retries.GRACE_SECONDS} s); stop it (Ctrl-C) or "
-            "wait for it to end, then delete"
+            f"study {name!r} has a live worker ({', '.join(live)}, seen within "
+            f"the last {retries.GRACE_SECONDS} s); stop it (Ctrl-C) or wait for "
+            "it to end, then delete"
         )
 
 
@@ -181,13 +177,16 @@ def delete(stores: Stores, deletion: Plan) -> None:
             removed), or a store refused (the study stays, to delete again).
     """
     # Marked first, then looked at again (the user may have taken a while to
-    # confirm): a worker that starts from now on sees the mark and stops.
-    presence.mark_deleting(deletion.studies[0], True)
+    # confirm): a worker that starts from now on sees the mark and stops. A
+    # deletion cut short earlier left its mark; that one stays until the end.
+    study = deletion.studies[0]
+    earlier = presence.deleting_since(study)
+    presence.mark_deleting(study, earlier or time.time())
     try:
-        presence.settle(deletion.studies[0])
         _refuse_if_live(deletion.name, list(deletion.studies))
-    except SweepError:
-        presence.mark_deleting(deletion.studies[0], False)
+    except BaseException:  # a live worker, Ctrl-C: nothing was removed
+        with contextlib.suppress(Exception, servers.ServerUnavailable):
+            presence.mark_deleting(study, earlier)
         raise
     try:
         if deletion.versions and deletion.models:
@@ -195,7 +194,7 @@ def delete(stores: Stores, deletion: Plan) -> None:
         if deletion.experiment is not None:
             _delete_experiment(stores, deletion)
     except MlflowException as e:
-        presence.mark_deleting(deletion.studies[0], False)
+        presence.mark_deleting(study, earlier)
         raise SweepError(
             f"MLflow refused to delete study {deletion.name!r}'s runs or models "
             f"({servers.one_line(e)[:300]}); the study is kept: run `sweep delete "

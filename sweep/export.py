@@ -43,9 +43,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
+from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import confirm, keys, registry, serving, summary
+from sweep import confirm, keys, registry, servers, serving, summary
 from sweep.data import QUERY_FEATURES, Features
 from sweep.errors import SweepError
 from sweep.home import nearest_existing
@@ -307,15 +308,22 @@ def export(
         _move_into_place(folder, out)
         version = None
         if register:
-            version = registry.register(
-                stores.tracking_uri,
-                name,
-                out / MODEL_FILE,
-                run_id,
-                _version_tags(name, choice, run_id),
-                description["versions"],
-                choice.alias,
-            )
+            try:
+                version = registry.register(
+                    stores.tracking_uri,
+                    name,
+                    out / MODEL_FILE,
+                    run_id,
+                    _version_tags(name, choice, run_id),
+                    description["versions"],
+                    choice.alias,
+                )
+            except MlflowException as e:
+                raise SweepError(
+                    f"exported to {out}, but MLflow refused to register it "
+                    f"({servers.one_line(e)[:300]}); export again with --force "
+                    "to register it"
+                ) from None
             alias = f" as @{registry.CHAMPION_ALIAS}" if choice.alias else ""
             log(f"registered model {name!r} version {version}{alias}")
     finally:

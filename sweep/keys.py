@@ -18,8 +18,10 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"
 CONFIRM_PLAN_ATTR = "sweep.confirm"  # {"finalists", "seeds"} of the confirmation
 CONFIRM_OF_ATTR = "sweep.confirm_of"  # on a confirmation study: the study it confirms
 IMPORTED_ATTR = "sweep.imported"  # trials a warm start added (not in n_trials)
-PRESENCE_ATTR = "sweep.workers"  # {"host:pid": last seen} of live processes
-DELETING_ATTR = "sweep.deleting"  # when a `sweep delete` of the study began
+
+# Optuna study system attrs: bookkeeping no user reads (`sweep.presence`).
+PRESENCE_PREFIX = "sweep:worker:"  # + "host:pid": last seen, or minus when it ended
+DELETING_ATTR = "sweep:deleting"  # when a `sweep delete` of the study began
 
 # Optuna trial user attrs.
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run

@@ -12,7 +12,7 @@ import math
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import confirm, keys, params, retries, servers
+from sweep import confirm, keys, params, presence, servers
 
 
 def best_accuracy(trial: FrozenTrial) -> float | None:
@@ -148,8 +148,6 @@ def _status(study: optuna.Study) -> str:
     champion = confirm.champion_text(confirm.results(study, companion))
     if champion:
         lines.append(f"  {champion}")
-    alive = retries.live_workers(study, trials)
-    if companion is not None:
-        alive += retries.live_workers(companion, companion.get_trials(deepcopy=False))
+    alive = presence.workers(confirm.stages(study))
     lines.append(f"  workers alive: {', '.join(alive) if alive else 'none'}")
     return "\n".join(lines)

@@ -162,18 +162,25 @@ def test_a_process_counts_as_live_while_announced_and_fresh(tmp_path, monkeypatc
         assert presence.live(study) == [me]
         result = run_main("delete", "open", "--yes")
         assert_one_line_error(result, "study 'open' has a live worker", me)
+        assert run_main("status", "open").stdout.endswith(
+            f"workers alive: {me} (no trial)\n"
+        )
     assert presence.live(study) == []
     # Another machine's process counts until its entry goes stale; a process
     # of this machine that is gone (killed with -9) does not count at all.
     gone = subprocess.Popen(["true"])  # a pid that has just exited
     gone.wait()
     host, now = socket.gethostname(), time.time()
-    study.set_user_attr(
-        keys.PRESENCE_ATTR,
-        {"far:1": now, "far:2": now - 10 * 60, f"{host}:{gone.pid}": now},
-    )
+    for name, seen in [("far:1", now), ("far:2", now - 10 * 60),
+                       (f"{host}:{gone.pid}", now)]:  # fmt: skip
+        storage.set_study_system_attr(
+            study._study_id,  # noqa: SLF001
+            keys.PRESENCE_PREFIX + name,
+            seen,
+        )
     assert presence.live(study) == ["far:1"]
-    study.set_user_attr(keys.PRESENCE_ATTR, {"far:2": now - 10 * 60})
+    assert run_main("delete", "open", "--yes").returncode == 1
+    storage.set_study_system_attr(study._study_id, keys.PRESENCE_PREFIX + "far:1", -now)  # noqa: SLF001
     assert run_main("delete", "open", "--yes").returncode == 0
     assert storage.get_all_studies() == []
 
@@ -190,12 +197,21 @@ def test_a_worker_and_a_deletion_that_start_together_never_both_go_on(
         with pytest.raises(SweepError, match="has a live worker"):
             deletion.delete(stores, what)
     assert presence.deleting_since(study) is None
-    # A worker that announces itself after the mark stops, and leaves no entry.
-    presence.mark_deleting(study, True)
-    with pytest.raises(SweepError, match=r"study 'race' is being deleted \(since"):
+    # A worker that announces itself after the mark stops, and leaves no live
+    # entry; a deletion cut short keeps its mark, the next one finishes it.
+    began = time.time() - 3600
+    presence.mark_deleting(study, began)
+    with pytest.raises(SweepError, match="study 'race' is being deleted: a `sweep de"):
         with presence.announced(study):
             pytest.fail("the worker went on under a deletion")
     assert presence.live(study) == []
+    # Refused by a live worker of another machine, it leaves the earlier mark.
+    far = keys.PRESENCE_PREFIX + "far:1"
+    storage.set_study_system_attr(study._study_id, far, time.time())  # noqa: SLF001
+    with pytest.raises(SweepError, match=r"live worker \(far:1 \(no trial\)"):
+        deletion.delete(stores, what)
+    assert presence.deleting_since(study) == began
+    storage.set_study_system_attr(study._study_id, far, -time.time())  # noqa: SLF001
     deletion.delete(stores, what)
     assert storage.get_all_studies() == []
     # A worker that opened the study before it was removed says so in one line.
