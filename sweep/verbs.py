@@ -209,16 +209,21 @@ def confirm(
     from sweep import study
 
     session = study.resume(name, stores, None, None, options.max_retries)
-    plan = (
-        confirm_module.stored_plan(session.study)
-        or session.study_file.confirm
-        or config_module.ConfirmSettings()
-    )
+    stored = confirm_module.stored_plan(session.study)
+    plan = stored or session.study_file.confirm or config_module.ConfirmSettings()
     plan = dataclasses.replace(
         plan,
         finalists=finalists or plan.finalists,
         seeds=seeds or plan.seeds,
     )
+    if stored is not None and stored != plan:
+        # The champion may change with the plan: say so rather than silently.
+        print(
+            f"confirmation plan (finalists x seeds): {stored.finalists} x "
+            f"{stored.seeds} -> {plan.finalists} x {plan.seeds}; the champion is "
+            "chosen again on the new plan (runs it does not need are kept, not "
+            "counted)"
+        )
     with presence.announced(session.study):
         features = data.load(options.data_source, home=home, log=print)
         session.study.set_user_attr(keys.CONFIRM_PLAN_ATTR, plan.as_attr())

@@ -551,6 +551,7 @@ def test_a_launch_confirms_its_finalists_then_confirm_adds_seeds(
     assert all(t.user_attrs.get(keys.SURPLUS_ATTR) for t in runs if t not in complete)
     assert len({t.user_attrs[keys.SEED_ATTR] for t in complete}) == 2
     assert "over 2 seeds" in more.stdout
+    assert "confirmation plan (finalists x seeds): 2 x 1 -> 2 x 2;" in more.stdout
     assert len(optuna.load_study(study_name="c", storage=url).trials) == 2
 
     # The export serves the champion's best seed run, with the confirmed figures.
