@@ -68,7 +68,15 @@ def upload_files(
             write_plots(study, trials, folder / "report")
             if finalists:
                 finalists_plot(finalists, folder / "report" / "finalists.png")
-            client.log_artifacts(run_id, str(folder / "report"), "report")
+            # File by file: MLflow's local store creates a folder tree with
+            # check-then-mkdir, which fails when two workers that finish
+            # together upload the report at once; one file's upload makes its
+            # folder race-free and replaces the file whole.
+            report = folder / "report"
+            for path in sorted(report.rglob("*")):
+                if path.is_file():
+                    where = path.parent.relative_to(folder).as_posix()
+                    client.log_artifact(run_id, str(path), where)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -150,16 +150,21 @@ def check_launchable(
     file, no MLflow experiment).
 
     Raises:
-        SweepError: The study exists (and not `join`), or a study to
-            warm-start from does not.
+        SweepError: The study exists (and not `join`, or with another file),
+            or a study to warm-start from does not.
     """
     settings = study_file.study
     needed = settings.warm_start[0] if settings.warm_start else None
     storage = open_existing_storage(stores.storage, needed)
     if storage is None:
         return
-    if not join and settings.name in study_names(storage):
-        raise _exists(settings.name, stores.storage)
+    if settings.name in study_names(storage):
+        if not join:
+            raise _exists(settings.name, stores.storage)
+        attrs = optuna.load_study(study_name=settings.name, storage=storage).user_attrs
+        # A study another launch is still setting up is checked by `launch`.
+        if keys.STUDY_FILE_ATTR in attrs:
+            _launched_file(settings.name, attrs, study_file)
     warmstart.sources(storage, stores.storage, settings.warm_start)
 
 
@@ -247,23 +252,7 @@ def _open(
     study = optuna.load_study(study_name=name, storage=storage)
     if join:
         _wait_until_set_up(study)
-    text = study.user_attrs.get(keys.STUDY_FILE_ATTR)
-    if study_file is not None and study_file.text == text:
-        launched = study_file
-    else:
-        launched = config_module.launched_file(name, text)
-    changed = config_module.differences(launched, study_file) if study_file else ""
-    if changed:
-        raise SweepError(
-            f"{study_file.path} differs from the file study {name!r} was launched "
-            f"with ({changed}); the study is "
-            "unchanged: resume it without a file, or launch the new file under "
-            "another [study] name"
-        )
-    if study_file is not None:
-        # The file given now sets this run's time budget (`differences` allows it).
-        settings = dataclasses.replace(launched.study, timeout=study_file.study.timeout)
-        launched = dataclasses.replace(launched, study=settings)
+    launched = _launched_file(name, study.user_attrs, study_file)
     # Reseeded past the trials already run: a resumed sampler must not replay
     # the proposals of the first run.
     study.sampler = space.make_sampler(
@@ -279,6 +268,41 @@ def _open(
         study.set_user_attr(keys.TARGET_ATTR, target)
     retries.fail_orphaned_trials(study, tracker, max_retries)
     return Session(study, launched, tracker, target, stores.storage)
+
+
+def _launched_file(
+    name: str, attrs: dict, study_file: config_module.Study | None
+) -> config_module.Study:
+    """The file study `name` runs by: as launched, with `study_file`'s budget.
+
+    Args:
+        name: The study.
+        attrs: Its user attrs (the launched file's text is kept there).
+        study_file: The file given now, if any.
+
+    Returns:
+        The launched file; with `study_file`'s time budget if one is given.
+
+    Raises:
+        SweepError: `study_file` differs from the launched file.
+    """
+    text = attrs.get(keys.STUDY_FILE_ATTR)
+    if study_file is not None and study_file.text == text:
+        return study_file
+    launched = config_module.launched_file(name, text)
+    if study_file is None:
+        return launched
+    changed = config_module.differences(launched, study_file)
+    if changed:
+        raise SweepError(
+            f"{study_file.path} differs from the file study {name!r} was launched "
+            f"with ({changed}); the study is "
+            "unchanged: resume it without a file, or launch the new file under "
+            "another [study] name"
+        )
+    # The file given now sets this run's time budget (`differences` allows it).
+    settings = dataclasses.replace(launched.study, timeout=study_file.study.timeout)
+    return dataclasses.replace(launched, study=settings)
 
 
 def _wait_until_set_up(study: optuna.Study, timeout: float = 120) -> None:

@@ -180,3 +180,17 @@ def test_a_warm_started_launch_runs_its_own_trials_after_the_imported(
     assert run.info.experiment_id == client.get_experiment_by_name("new").experiment_id
     status = run_main("status", "new", env=env)
     assert "new: 3 of 3 finished" in status.stdout
+
+
+def test_joining_with_another_file_is_refused_before_the_data(tmp_path, home):
+    launched = _file(tmp_path, "j").read_text()
+    storage = stores.open_storage(home.storage)
+    study = optuna.create_study(study_name="j", storage=storage, direction="maximize")
+    study.set_user_attr(keys.STUDY_FILE_ATTR, launched)
+    other = tmp_path / "other.toml"
+    other.write_text(launched.replace("seed = 3", "seed = 4"))
+    result = run_main("launch", str(other), "--join")
+    assert_one_line_error(result, "differs from the file study 'j' was launched",
+                          "[study] seed: 3 -> 4")  # fmt: skip
+    # Told before the data was built or the MLflow store made.
+    assert not {p.name for p in (tmp_path / "home").iterdir()} & {"mlflow.db", "cache"}
