@@ -449,6 +449,10 @@ def _confirm(
     retries.fail_orphaned_trials(companion, session.tracker, max_retries)
     settings = session.study_file.study
 
+    def current_plan() -> confirm.Plan:
+        # Read each time: `sweep confirm --seeds` may have changed it meanwhile.
+        return confirm.stored_plan(study) or plan
+
     def queue(runs: list[FrozenTrial] | None = None) -> int:
         if runs is None:
             runs = companion.get_trials(deepcopy=False)
@@ -456,13 +460,10 @@ def _confirm(
         # should its worker be gone before it could re-queue it.
         if retries.requeue_interrupted(companion, session.tracker, max_retries, runs):
             runs = None
-        # Read each time: `sweep confirm --seeds` may have changed it meanwhile.
-        current = confirm.stored_plan(study) or plan
-        return confirm.queue(study, companion, current, settings.seed, runs)
+        return confirm.queue(study, companion, current_plan(), settings.seed, runs)
 
     def outside_plan(run: FrozenTrial, runs: list[FrozenTrial]) -> bool:
-        current = confirm.stored_plan(study) or plan
-        return confirm.outside_plan(study, current, settings.seed, run, runs)
+        return confirm.outside_plan(study, current_plan(), settings.seed, run, runs)
 
     target = queue()
     if progress:
