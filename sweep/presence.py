@@ -73,15 +73,29 @@ def workers(studies: list[optuna.Study]) -> list[str]:
         `retries.live_workers`), `host:pid (no trial)` for one that has the
         study open between trials; sorted.
     """
-    found = []
-    for one in studies:
-        running = one.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        found += retries.live_workers(one, running)
+    found = trial_workers(studies)
     found += [
         f"{name} (no trial)"
         for name in live(studies[0])
         if not any(w.startswith(f"{name} (") for w in found)
     ]
+    return sorted(found)
+
+
+def trial_workers(studies: list[optuna.Study]) -> list[str]:
+    """The live processes running a trial of these studies.
+
+    Args:
+        studies: The study and its confirmation stage (`confirm.stages`).
+
+    Returns:
+        `host:pid (trial N)` for each, from Optuna's heartbeat
+        (`retries.live_workers`); sorted.
+    """
+    found = []
+    for one in studies:
+        running = one.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        found += retries.live_workers(one, running)
     return sorted(found)
 
 

@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import config as config_module
-from sweep import confirm, keys, retries, servers, space, summary, warmstart
+from sweep import confirm, keys, presence, retries, servers, space, summary, warmstart
 from sweep.data import Features
 from sweep.errors import SweepError, TrialFailed
 from sweep.objective import Objective
@@ -392,8 +392,9 @@ def run(
             # The final plots are drawn here; the child's drawing would be stale.
             plotter.stop(wait=False)
         # By the last worker to finish: another one still training draws them
-        # when its trial ends (a dead one's trial does not count).
-        report.refresh(study, draw=not _others_running(study))
+        # when its trial ends (a dead one's trial does not count, nor does a
+        # process between trials, this one included).
+        report.refresh(study, draw=not presence.trial_workers(confirm.stages(study)))
         status = "FINISHED"
     except servers.ServerUnavailable:
         status = "KILLED"
@@ -410,15 +411,6 @@ def run(
         if plotter is not None:
             plotter.stop(wait=False)
         tracker.finish_run(parent_run_id, status)
-
-
-def _others_running(study: optuna.Study) -> bool:
-    """Whether a live worker still runs a trial of the study or its confirmation."""
-    for one in confirm.stages(study):
-        running = one.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if retries.live_workers(one, running):
-            return True
-    return False
 
 
 def _confirm(
