@@ -9,8 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.sweep-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  # uv installs the same versions as pip in a third of the time (it unpacks
-  # and byte-compiles on every core); pip does it where uv cannot be had or
+  # uv installs the same versions as pip, faster (it unpacks and
+  # byte-compiles on every core); pip does it where uv cannot be had or
   # cannot reach the index. Byte-compiled either way: a process that finds no
   # .pyc compiles its imports from source each time it starts when
   # PYTHONDONTWRITEBYTECODE is set.

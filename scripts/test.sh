@@ -26,6 +26,6 @@ bash scripts/setup.sh
 # Three workers on two cores, each taking whole test modules (so a module's
 # fixtures, a launched study or a server, are made once; tests/conftest.py
 # keeps the smoke study's readers together): much of a test is waiting on a
-# sweep process or a server, and with two workers the cores were idle for a
-# sixth of the run. `-n 0`: one process.
+# sweep process or a server, so one worker more than the cores keeps them
+# busy. `-n 0`: one process.
 exec .venv/bin/python -m pytest -n 3 --dist loadfile "$@"

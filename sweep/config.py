@@ -23,7 +23,7 @@ batch_size = 1000
 depth = { low = 1, high = 3 }
 width = { choices = [32, 64, 128] }
 embedding_dim = { choices = [16, 32, 64, 128] }
-learning_rate = { low = 0.01, high = 0.5, log = true }
+learning_rate = { low = 0.01, high = 0.25, log = true }
 
 [[baselines]]             # enqueued before the search
 depth = 1
@@ -32,7 +32,7 @@ embedding_dim = 32
 learning_rate = 0.05
 
 [confirm]                 # optional: after the search, retrain its finalists
-finalists = 3             # the best distinct configurations
+finalists = 2             # the best distinct configurations
 seeds = 3                 # fresh seeds each
 
 [data]                    # optional

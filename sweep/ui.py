@@ -1,7 +1,7 @@
 """`sweep ui`: the MLflow UI on a sweep's tracking store, light enough for a laptop.
 
 Plain `mlflow ui` starts four server workers, a job runner and its queue
-consumers (for GenAI jobs a sweep never uses). On two cores beside a running
+consumers (for GenAI jobs a sweep never uses). Beside a running
 sweep one server worker is plenty, and the job runner is switched off through
 MLflow's own `MLFLOW_SERVER_ENABLE_JOB_EXECUTION`. The UI reads the same SQLite
 file the workers write; in WAL mode (`sweep.sqlite`) reading does not
