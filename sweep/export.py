@@ -511,9 +511,6 @@ def write_serving(model, folder: Path) -> None:
 
     from sweep.backend import keras
 
-    # Loading warns that the tower's custom gradients were not saved: serving
-    # never asks for gradients.
-    logging.getLogger("absl").setLevel(logging.ERROR)
     archive = keras.export.ExportArchive()
     archive.track(model.query_model)
     signature = {
@@ -522,6 +519,10 @@ def write_serving(model, folder: Path) -> None:
     archive.add_endpoint("serve", model.query_model.call, input_signature=[signature])
     archive.write_out(str(folder), verbose=False)
     users = serving.UserIndex.load(folder.parent / serving.USERS_FILE)
+    # Loading warns that the tower's custom gradients were not saved: serving
+    # never asks for gradients. (Set here: writing the archive resets absl's
+    # level.)
+    logging.getLogger("absl").setLevel(logging.ERROR)
     loaded = tf.saved_model.load(str(folder))
     outputs = loaded.serve({k: tf.constant(v) for k, v in users.features.items()})
     difference = float(np.max(np.abs(outputs.numpy() - users.embeddings)))

@@ -8,6 +8,7 @@ name, and the alias `champion` moves to it when it is the study's champion.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from sweep import serving
@@ -16,6 +17,12 @@ from sweep.data import QUERY_FEATURES
 CHAMPION_ALIAS = "champion"
 # The packages the registered model pins for `mlflow.pyfunc.load_model`.
 PINNED = ("keras", "keras-rs", "jax", "numpy", "mlflow")
+
+# MLflow logs its check of the input example and each retry of a model
+# version it could not create; `export` says what was registered, or why not,
+# in one line of its own.
+for _chatty in ("mlflow.pyfunc", "mlflow.store.model_registry.sqlalchemy_store"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 
 def register(

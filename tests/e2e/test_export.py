@@ -1,6 +1,7 @@
 """`sweep export` and `sweep recommend` on the smoke study of the real data."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -57,6 +58,9 @@ def test_export_holds_the_best_trial_and_its_description(exported, real_features
     assert info["data_checksum"] == real_features.checksum
     assert info["versions"]["keras"] and info["versions"]["mlflow"]
     assert f"parity: exported model {best.value:.4f}" in result.stdout
+    # Loading the SavedModel back warns of gradients serving never asks for.
+    assert "unsaved custom gradients" not in result.stderr
+    assert "Validating input example" not in result.stderr
     # The smoke study has no confirmation stage: its one value is said so.
     assert info["confirmed"] is False
     assert "no confirmation stage" in info["unconfirmed"]
@@ -229,3 +233,44 @@ def test_bad_input_is_one_line_and_writes_nothing(smoke, exported, tmp_path, arg
     assert_one_line_error(result, fragment)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_a_registry_refusal_after_the_move_is_one_line_and_force_registers(
+    smoke, exported, tmp_path
+):
+    _, _, client, home = smoke
+    before = client.get_model_version_by_alias("smoke", "champion").version
+    out = tmp_path / "refused"
+    database = sqlite3.connect(home / "mlflow.db")
+    # The registry's own database refuses the new version: a real refusal
+    # from MLflow, after the export is in place.
+    database.execute(
+        "CREATE TRIGGER refuse_versions BEFORE INSERT ON model_versions "
+        "BEGIN SELECT RAISE(ABORT, 'versions are frozen'); END"
+    )
+    database.commit()
+    try:
+        result = export(home, out)
+    finally:
+        database.execute("DROP TRIGGER refuse_versions")
+        database.commit()
+        database.close()
+    # MLflow's own progress line ("Registered model 'smoke' already exists")
+    # may come first; the refusal is one line of sweep's, last, no traceback.
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) <= 2, result.stderr
+    assert f"exported to {out}, but MLflow refused to register it" in lines[-1]
+    assert "versions are frozen" in lines[-1] or "Model Version" in lines[-1]
+    assert "--force" in lines[-1]
+    # The export landed whole; the alias did not move.
+    assert json.loads((out / "export.json").read_text())["study"] == "smoke"
+    assert (out / "model.keras").is_file() and not leftovers(out.parent)
+    champion = client.get_model_version_by_alias("smoke", "champion")
+    assert champion.version == before
+    # As the line says: again with --force registers it.
+    result = export(home, out, "--force")
+    assert result.returncode == 0, result.stderr
+    champion = client.get_model_version_by_alias("smoke", "champion")
+    assert int(champion.version) > int(before)
