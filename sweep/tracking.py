@@ -42,6 +42,9 @@ EXPERIMENT_KIND = {keys.EXPERIMENT_KIND_TAG: "custom_model_development"}
 # printed URL shows the scores and params of every trial, best first.
 VIEW_KEY = "sweep-trials"
 VIEW_TAG = f"{keys.SHARED_VIEW_TAG}{VIEW_KEY}"
+# How long a refused write to a just-created experiment is tried again
+# (`Tracker._tag_existing`).
+PERMISSION_LAG_SECONDS = 10
 # The runs table's metric columns (the second is its sort order).
 TRIAL_METRICS = (keys.VAL_ACCURACY, keys.BEST_ACCURACY, keys.BEST_EPOCH)
 
@@ -180,7 +183,9 @@ class Tracker:
                     "good (mlflow gc), then launch again"
                 )
             for key, value in tags.items():
-                self.client.set_experiment_tag(experiment.experiment_id, key, value)
+                # Unchanged tags are not written: a worker may read them only.
+                if experiment.tags.get(key) != value:
+                    self._tag_existing(experiment.experiment_id, key, value)
             return experiment.experiment_id
         location = None
         if self.artifact_root is not None:
@@ -197,6 +202,33 @@ class Tracker:
                     f"cannot create MLflow experiment {name!r}: {e}"
                 ) from None
             return experiment.experiment_id
+
+    def _tag_existing(self, experiment_id: str, key: str, value: str) -> None:
+        """Sets a tag on an experiment another process may have just created.
+
+        Raises:
+            SweepError: The tracking server refuses this user the write.
+        """
+        # MLflow's basic-auth server grants an experiment's creator MANAGE in a
+        # second write after creating it: another worker of the same user that
+        # reads the experiment in between is refused for a moment.
+        deadline = time.monotonic() + PERMISSION_LAG_SECONDS
+        while True:
+            try:
+                self.client.set_experiment_tag(experiment_id, key, value)
+                return
+            except MlflowException as e:
+                if e.error_code != "PERMISSION_DENIED":
+                    raise
+                if time.monotonic() > deadline:
+                    raise SweepError(
+                        "the MLflow tracking server "
+                        f"{servers.redact(self.tracking_uri)} refuses this user "
+                        f"writes to experiment {experiment_id}; sign in as its "
+                        "owner (MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD) or have it grant you EDIT"
+                    ) from None
+            time.sleep(0.5)
 
     def start_study_run(self, experiment_id: str, study_name: str, tags: dict) -> str:
         """Creates the study's parent run; returns its id."""

@@ -17,8 +17,12 @@ import mlflow
 import optuna
 import psycopg
 import pytest
+from mlflow.server import get_app_client
 
+from sweep import tracking
+from sweep.errors import SweepError
 from sweep.keys import BEST_ARTIFACT, RUN_ID_ATTR
+from sweep.tracking import Tracker
 from tests import postgres
 from tests.helpers import run_sweep, share_cache, skip_without_postgres
 from tests.stack import start_stack
@@ -120,6 +124,29 @@ def test_mlflow_refuses_requests_without_a_user(stack):
     # Only the admin manages users.
     users = f"{stack.mlflow_url}/api/2.0/mlflow/users/get?username=admin"
     assert get(users, worker)[0] == 403
+
+
+def test_another_user_reads_the_experiment_and_is_refused_a_change_in_one_line(
+    stack, monkeypatch
+):
+    """Workers of one user share the experiment; a second user (the stack's
+    default READ) joins it without writing, and a change it may not make is
+    one line, not a traceback."""
+    e = stack.dotenv
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", e["MLFLOW_ADMIN_USERNAME"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", e["MLFLOW_ADMIN_PASSWORD"])
+    admin = get_app_client("basic-auth", tracking_uri=stack.mlflow_url)
+    admin.create_user("reader", "reader-password")
+    for key, value in stack.worker_mlflow_env.items():
+        monkeypatch.setenv(key, value)
+    owned = Tracker(stack.mlflow_url).experiment("shared", ["depth"])
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "reader-password")
+    reader = Tracker(stack.mlflow_url)
+    assert reader.experiment("shared", ["depth"]) == owned
+    monkeypatch.setattr(tracking, "PERMISSION_LAG_SECONDS", 1)
+    with pytest.raises(SweepError, match="refuses this user writes to experiment"):
+        reader.experiment("shared", ["depth", "width"])
 
 
 def in_flight(poll: postgres.StudyPoll) -> set[int]:
