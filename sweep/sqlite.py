@@ -23,12 +23,47 @@ from pathlib import Path
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from sweep.errors import SweepError
+
 PREFIX = "sqlite:///"
 
 
 def path_of(url: str) -> Path | None:
     """The database file of a SQLite URL; None for other databases."""
     return Path(url[len(PREFIX) :]) if url.startswith(PREFIX) else None
+
+
+def check_owner(url: str, table: str, store: str, flag: str) -> None:
+    """Refuses an existing SQLite file that holds another program's tables.
+
+    Optuna and MLflow create their tables in whatever database they are given,
+    so the other one's file would gain them; this only reads the file, before
+    either library opens it.
+
+    Args:
+        url: The store's URL (other databases are not checked).
+        table: A table the right program's store has (`studies`, `experiments`).
+        store: What the store should be, for the message.
+        flag: The flag that names the store, for the message.
+
+    Raises:
+        SweepError: The file has tables, and not that one.
+        sqlite3.DatabaseError: The file is not a SQLite database.
+    """
+    path = path_of(url)
+    if path is None or not path.is_file():
+        return
+    # A plain connection that only reads: a read-only one would leave a WAL
+    # file's -wal and -shm behind.
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        tables = sorted(name for (name,) in rows)
+    if tables and table not in tables:
+        shown = ", ".join(tables[:4]) + (", ..." if len(tables) > 4 else "")
+        raise SweepError(
+            f"{path} is not {store}: it holds another program's tables ({shown}); "
+            f"expected a file of its own: check {flag}"
+        )
 
 
 def use_wal(url: str) -> None:

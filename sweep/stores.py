@@ -88,6 +88,7 @@ def open_tracker(stores: Stores) -> Tracker:
     """
     uri = stores.tracking_uri
     try:
+        check_tracking_file(uri, must_exist=False)
         sqlite.use_wal(uri)
         with sqlite.setup_lock(uri):
             # MlflowClient creates (migrates) its store as it is constructed.
@@ -104,6 +105,37 @@ def open_tracker(stores: Stores) -> Tracker:
             f"({servers.one_line(e)[:300]}); {hint}"
         ) from None
     return tracker
+
+
+def check_tracking_file(uri: str, must_exist: bool = True, given: bool = True) -> None:
+    """Refuses a SQLite tracking store that is missing or another program's.
+
+    Args:
+        uri: The tracking URI (servers are not checked).
+        must_exist: Whether a missing file is an error (verbs that only read).
+        given: Whether the URI was given (flag or environment), for the advice.
+
+    Raises:
+        SweepError: The file is missing (with `must_exist`) or holds other tables.
+    """
+    path = sqlite.path_of(uri)
+    if path is None:
+        return
+    if must_exist and not path.is_file():
+        advice = (
+            "check --tracking-uri (or MLFLOW_TRACKING_URI)"
+            if given
+            else "no sweep has run with this SWEEP_HOME; launch one "
+            "(sweep launch STUDY_FILE) or pass --tracking-uri"
+        )
+        raise SweepError(f"no MLflow store at {path}: {advice}")
+    try:
+        sqlite.check_owner(uri, "experiments", "an MLflow tracking store",
+                           "--tracking-uri")  # fmt: skip
+    except sqlite3.DatabaseError as e:
+        raise SweepError(
+            f"{path} is not an MLflow tracking store ({e}); check --tracking-uri"
+        ) from None
 
 
 def check_servers(stores: Stores) -> None:
@@ -137,6 +169,7 @@ def open_storage(
         # Wait for a busy database instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     with _storage_errors(servers.redact(url)):
+        sqlite.check_owner(url, "studies", "an Optuna storage", "--storage")
         sqlite.use_wal(url)
         with sqlite.setup_lock(url):
             for attempt in range(3):  # returns, or raises on the last

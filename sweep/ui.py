@@ -20,7 +20,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from sweep import sqlite
+from mlflow.exceptions import MlflowException
+
+from sweep import servers
 from sweep.errors import SweepError
 from sweep.tracking import EXPERIMENT_KIND, VIEW_KEY, is_server
 
@@ -129,19 +131,22 @@ def serve(
         0 when stopped with Ctrl-C (or SIGTERM), else the server's exit code.
 
     Raises:
-        SweepError: No tracking store there yet, or the port is taken.
+        SweepError: The tracking server cannot be read, or the port is taken.
     """
     if is_server(tracking_uri):
         # A tracking server already serves its own UI.
-        for name, experiment_id in sweep_experiments(tracking_uri):
+        try:
+            experiments = sweep_experiments(tracking_uri)
+        except MlflowException as e:
+            shown = servers.redact(tracking_uri)
+            raise SweepError(
+                f"cannot read the MLflow tracking server {shown} "
+                f"({servers.one_line(e)[:200]}); check the URI, that the server is "
+                "up, and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+            ) from None
+        for name, experiment_id in experiments:
             log(f"study {name}: {runs_url(tracking_uri.rstrip('/'), experiment_id)}")
         return 0
-    path = sqlite.path_of(tracking_uri)
-    if path is not None and not path.is_file():
-        raise SweepError(
-            f"no MLflow store at {path}: no sweep has run with this SWEEP_HOME; "
-            "launch one (sweep launch STUDY_FILE) or pass --tracking-uri"
-        )
     check_port(host, port)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server_log.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,13 @@ from sweep import config as config_module
 from sweep import data, keys, presence, retries, servers, summary, ui, workers
 from sweep.errors import SweepError
 from sweep.home import Home
-from sweep.stores import Stores, check_servers, open_study, resolve_stores
+from sweep.stores import (
+    Stores,
+    check_servers,
+    check_tracking_file,
+    open_study,
+    resolve_stores,
+)
 
 if TYPE_CHECKING:
     from sweep.data import Features
@@ -476,6 +482,7 @@ def recommend(model: str, user_id: int, k: int, tracking_uri: str | None) -> int
     if model.startswith(("models:/", "runs:/")):
         home = Home.from_environment()
         stores = resolve_stores(home, None, tracking_uri)
+        check_tracking_file(stores.tracking_uri, given=not stores.default_tracking)
         home.use_compilation_cache()
         picks = serving.recommend_registered(model, stores.tracking_uri, user_id, k)
     else:
@@ -490,6 +497,7 @@ def serve_ui(host: str, port: int, tracking_uri: str | None) -> int:
     """`sweep ui`: the MLflow UI on the sweep's tracking store."""
     home = Home.from_environment()
     stores = resolve_stores(home, None, tracking_uri)
+    check_tracking_file(stores.tracking_uri, given=not stores.default_tracking)
     return ui.serve(
         stores.tracking_uri,
         stores.artifact_root,

@@ -243,3 +243,18 @@ def test_diverging_training_fails_in_one_line(grouplens_spec):
         "--epochs", "2", "--batch-size", "16",
     )  # fmt: skip
     assert_one_line_error(result, "sweep train: training failed:", "diverged")
+
+
+def test_reading_verbs_refuse_a_missing_or_unreachable_tracking_store(tmp_path):
+    home = tmp_path / "home"
+    env = {"SWEEP_HOME": str(home)}
+    result = run_main("recommend", "--model", "models:/s@champion", "--user-id", "1",
+                      env=env)  # fmt: skip
+    assert_one_line_error(result, "no MLflow store at", "sweep launch STUDY_FILE")
+    stray = tmp_path / "stray" / "mlflow.db"
+    result = run_main("recommend", "--model", "models:/s@champion", "--user-id", "1",
+                      "--tracking-uri", f"sqlite:///{stray}", env=env)  # fmt: skip
+    assert_one_line_error(result, f"no MLflow store at {stray}", "--tracking-uri")
+    assert not (home / "mlflow.db").exists() and not stray.parent.exists()
+    result = run_main("ui", "--tracking-uri", "http://127.0.0.1:1", env=env)
+    assert_one_line_error(result, "cannot read the MLflow tracking server")

@@ -1,5 +1,8 @@
 """Where a study's state lives: stores resolved from flags, environment and home."""
 
+import contextlib
+import sqlite3
+
 import optuna
 import pytest
 
@@ -44,11 +47,25 @@ def test_a_file_that_is_not_a_database_is_one_line(tmp_path):
     assert path.read_text().startswith("not sqlite")  # left as it was
 
 
-def test_the_mlflow_store_is_not_taken_for_an_optuna_storage(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    stores.open_tracker(stores.Stores(uri, uri, tmp_path / "artifacts"))
-    with pytest.raises(SweepError, match="is not an Optuna storage"):
-        stores.open_storage(uri)
+def tables(path):
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+
+
+def test_each_store_refuses_the_others_file_and_leaves_it_as_it_was(tmp_path):
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    optuna_uri = f"sqlite:///{tmp_path / 'optuna.db'}"
+    stores.open_tracker(stores.Stores(mlflow_uri, mlflow_uri, tmp_path / "art"))
+    stores.open_storage(optuna_uri)
+    before = {name: tables(tmp_path / name) for name in ("mlflow.db", "optuna.db")}
+    assert "experiments" in before["mlflow.db"] and "studies" in before["optuna.db"]
+    with pytest.raises(SweepError, match="mlflow.db is not an Optuna storage"):
+        stores.open_storage(mlflow_uri)
+    with pytest.raises(SweepError, match="optuna.db is not an MLflow tracking store"):
+        stores.open_tracker(stores.Stores(optuna_uri, optuna_uri, tmp_path / "art"))
+    # Neither library reached the other's file.
+    after = {name: tables(tmp_path / name) for name in ("mlflow.db", "optuna.db")}
+    assert after == before
 
 
 def test_open_study_never_creates_a_store_and_names_the_known_studies(tmp_path):
