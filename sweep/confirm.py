@@ -114,12 +114,6 @@ def _config_key(values: dict) -> tuple:
     return tuple(sorted(values.items()))
 
 
-def _configuration(trial: FrozenTrial) -> dict:
-    """A trial's params; for one still queued, those it was queued with."""
-    # Optuna keeps a queued trial's values in a system attr until it runs.
-    return trial.params or trial.system_attrs.get("fixed_params", {})
-
-
 def open_companion(
     study: optuna.Study, storage: optuna.storages.BaseStorage
 ) -> optuna.Study:
@@ -269,7 +263,7 @@ def _needs(
 
 def _run_key(run: FrozenTrial) -> tuple:
     """A run's (configuration, seed): what no two runs of a plan share."""
-    return _config_key(_configuration(run)), run.user_attrs.get(keys.SEED_ATTR)
+    return _config_key(params.of_trial(run)), run.user_attrs.get(keys.SEED_ATTR)
 
 
 def check_confirmable(name: str, chosen: list[FrozenTrial]) -> None:
@@ -311,7 +305,7 @@ def duplicate_of(trial: FrozenTrial, trials: list[FrozenTrial]) -> int | None:
         if (
             other.number != trial.number
             and other.user_attrs.get(keys.SEED_ATTR) == seed
-            and _configuration(other) == _configuration(trial)
+            and params.of_trial(other) == params.of_trial(trial)
             and keys.ahead_of(other, trial.number)
         ):
             return other.number
@@ -326,7 +320,7 @@ def collapsed(trial: FrozenTrial, trials: list[FrozenTrial]) -> int | None:
     for other in trials:
         if (
             other.state == TrialState.COMPLETE
-            and _configuration(other) == _configuration(trial)
+            and params.of_trial(other) == params.of_trial(trial)
             and _collapsed(other, value)
         ):
             return other.number
@@ -467,7 +461,10 @@ def _plan(
     for trial in finalists(trials, 2 * plan.finalists):
         own = {}
         for run in runs:
-            if run.state == TrialState.COMPLETE and _configuration(run) == trial.params:
+            if (
+                run.state == TrialState.COMPLETE
+                and params.of_trial(run) == trial.params
+            ):
                 own.setdefault(run.user_attrs.get(keys.SEED_ATTR), run)
         out.append(Finalist(trial, tuple(own.values()), plan.seeds))
         if len(out) >= plan.finalists and not all(f.unstable for f in out):

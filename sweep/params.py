@@ -114,6 +114,16 @@ NAMES = tuple(p.name for p in SEARCHED)
 BY_NAME = {p.name: p for p in SEARCHED}
 
 
+def of_trial(trial) -> dict:
+    """A trial's params; for one still queued, those it was queued with.
+
+    Args:
+        trial: An Optuna `FrozenTrial`.
+    """
+    # Optuna keeps a queued trial's values in a system attr until it runs.
+    return trial.params or trial.system_attrs.get("fixed_params", {})
+
+
 def text(params: Mapping) -> str:
     """A configuration on one line, e.g. `depth 2 width 64 emb 32 lr 0.1`."""
     if not params:

@@ -33,7 +33,7 @@ def trial_record(trial: FrozenTrial) -> dict:
     return {
         "number": trial.number,
         "state": trial.state.name,
-        "params": {name: trial.params.get(name) for name in params.NAMES},
+        "params": {name: params.of_trial(trial).get(name) for name in params.NAMES},
         "value": summary.best_accuracy(trial),
         "best_epoch": attrs.get(keys.BEST_EPOCH_ATTR),
         "pruned_at_epoch": attrs.get(keys.PRUNED_AT_ATTR),

@@ -146,3 +146,19 @@ def test_a_reader_gone_early_ends_quietly(home, args, unbuffered):
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 1, stderr
     assert stderr == ""
+
+
+def test_a_queued_trial_shows_the_configuration_it_was_queued_with(home):
+    _, study, _ = home
+    study.enqueue_trial(
+        {"depth": 2, "width": 16, "embedding_dim": 8, "learning_rate": 0.2}
+    )
+    (record,) = json.loads(
+        run_main("trials", "s", "--format", "json", "--state", "waiting").stdout
+    )
+    assert record["state"] == "WAITING"
+    assert record["params"] == {
+        "depth": 2, "width": 16, "embedding_dim": 8, "learning_rate": 0.2,
+    }  # fmt: skip
+    table = run_main("trials", "s", "--state", "waiting").stdout.splitlines()
+    assert table[2].split()[:6] == ["4", "WAITING", "2", "16", "8", "0.2"]
