@@ -569,6 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_assignment(argument: str) -> bool:
+    return "=" in argument and not argument.startswith("-")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the `sweep` command line; returns the exit code."""
     try:
@@ -588,7 +592,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a list of positionals only up to the first flag:
+    # `enqueue NAME --storage URL depth=2` leaves `depth=2` over.
+    if extra and args.verb == "enqueue" and all(_is_assignment(a) for a in extra):
+        args.values += extra
+    elif extra:
+        parser.parse_args(argv)  # its one-line usage error
     debug = args.debug or os.environ.get("SWEEP_DEBUG") == "1"
     # SIGTERM (docker stop, kill) stops as cleanly as Ctrl-C does.
     interrupts.install()

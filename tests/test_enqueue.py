@@ -100,3 +100,26 @@ def test_a_resumed_worker_runs_the_queued_configuration(tmp_path, cached_home,
     assert study.trials[1].params == {
         "depth": 2, "width": 16, "embedding_dim": 8, "learning_rate": 0.1,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["s", "--server-wait", "5s", *PICK],
+        ["s", PICK[0], "--server-wait", "5s", *PICK[1:]],
+    ],
+)
+def test_values_may_follow_a_flag(queued, args):
+    study, _ = queued
+    result = run_main("enqueue", *args)
+    assert result.returncode == 0, result.stderr
+    assert _waiting(study) == [
+        {"depth": 2, "width": 16, "embedding_dim": 8, "learning_rate": 0.1}
+    ]
+
+
+def test_an_unknown_flag_after_the_values_is_still_a_usage_error(queued):
+    study, _ = queued
+    result = run_main("enqueue", "s", *PICK, "--bogus")
+    assert_one_line_error(result, "unrecognized arguments: --bogus", code=2)
+    assert _waiting(study) == []
