@@ -389,6 +389,13 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise read.fail("[study] seed", seed, f"a whole number from 0 to {SEED_MAX}")
     pruner = read.choice(table, "[study] ", "pruner", PRUNERS, "median")
+    if pruner == "none" and "prune_from_epoch" in table:
+        raise read.fail(
+            "[study] prune_from_epoch",
+            table["prune_from_epoch"],
+            'a pruner beside it (pruner is "none": no trial is stopped); remove '
+            "the key or choose a pruner",
+        )
     study = StudySettings(
         name=name,
         n_trials=read.integer(table, "[study] ", "n_trials"),

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 # on any machine of under 320 GiB. The reference searches 1 to 3. A fixed bound
 # also keeps the layer sizes small numbers before the estimate is computed.
 MAX_DEPTH = 16
+# The largest float32: the optimizer casts its rate to the model's float32.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,11 @@ SEARCHED = (
         "learning_rate", float, "a positive Adagrad learning rate, e.g. 0.05",
         "Adagrad's learning rate", 0.05,
         "lr", 8, ".4g",
+        maximum=(
+            FLOAT32_MAX,
+            f"at most {FLOAT32_MAX:.4g}: the model trains in float32, where a "
+            "larger rate is infinite (rates above 1 rarely train at all)",
+        ),
     ),
 )  # fmt: skip
 NAMES = tuple(p.name for p in SEARCHED)

@@ -258,3 +258,10 @@ def test_reading_verbs_refuse_a_missing_or_unreachable_tracking_store(tmp_path):
     assert not (home / "mlflow.db").exists() and not stray.parent.exists()
     result = run_main("ui", "--tracking-uri", "http://127.0.0.1:1", env=env)
     assert_one_line_error(result, "cannot read the MLflow tracking server")
+
+
+def test_a_rate_past_float32_is_refused_before_training(tmp_path):
+    result = run_main("train", "--learning-rate", "1e300",
+                      env={"SWEEP_HOME": str(tmp_path / "home")})  # fmt: skip
+    assert_one_line_error(result, "learning_rate = 1e+300: expected at most 3.403e+38")
+    assert not (tmp_path / "home" / "cache").exists()

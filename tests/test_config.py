@@ -185,6 +185,17 @@ BAD = {
         '[study] pruner_percentile = 75: expected pruner = "percentile" beside it '
         '(pruner is "median")',
     ),
+    "pruning from an epoch without a pruner": (
+        ('pruner = "median"', 'pruner = "none"\nprune_from_epoch = 2'),
+        '[study] prune_from_epoch = 2: expected a pruner beside it (pruner is "none"',
+    ),
+    "a rate past float32": (
+        (
+            "learning_rate = { low = 0.01, high = 0.5, log = true }",
+            "learning_rate = { low = 0.01, high = 1e300, log = true }",
+        ),
+        "[space] learning_rate.high = 1e+300: expected at most 3.403e+38",
+    ),
     "unknown data key": (
         ("[space]", "[data]\nsource = 1\n[space]"),
         "[data] source is not a known key; expected one of test_fraction",
