@@ -154,9 +154,10 @@ def check_launchable(
             or a study to warm-start from does not.
     """
     settings = study_file.study
-    needed = settings.warm_start[0] if settings.warm_start else None
-    storage = open_existing_storage(stores.storage, needed)
+    storage = open_existing_storage(stores.storage)
     if storage is None:
+        if settings.warm_start:
+            raise warmstart.missing(settings.warm_start[0], stores.storage, [])
         return
     if settings.name in study_names(storage):
         if not join:

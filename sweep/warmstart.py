@@ -19,8 +19,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from sweep import config as config_module
-from sweep import keys
-from sweep.stores import check_exists
+from sweep import confirm, keys, servers
+from sweep.errors import SweepError
+from sweep.stores import study_names
 
 # The user attrs an imported trial keeps from its source (the rest are about
 # the source's worker and retries).
@@ -52,9 +53,21 @@ def sources(
     Raises:
         SweepError: One is not in the storage (nothing is created).
     """
+    known = study_names(storage)
     for name in names:
-        check_exists(storage, url, name)
+        if name not in known or confirm.is_companion(name):
+            raise missing(name, url, known)
     return [optuna.load_study(study_name=n, storage=storage) for n in names]
+
+
+def missing(name: str, url: str, known: list[str]) -> SweepError:
+    """The one line for a study to warm-start from that is not in `url`."""
+    there = ", ".join(sorted(n for n in known if not confirm.is_companion(n)))
+    return SweepError(
+        f"warm start from study {name!r}: there is no such study in "
+        f"{servers.redact(url)} (studies there: {there or 'none'}); expected a "
+        "study of the same storage, named in [study] warm_start or --warm-start"
+    )
 
 
 def collect(

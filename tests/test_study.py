@@ -421,7 +421,7 @@ def test_a_time_budget_ends_the_sweep_and_resume_takes_another(
             "pruner percentile 75 from epoch 2",
         ),
         ('pruner = "hyperband"', "pruner hyperband\n"),
-        ('pruner = "none"\nprune_from_epoch = 1', "pruner none\n"),
+        ('pruner = "none"', "pruner none\n"),
     ],
 )
 def test_the_launch_line_names_the_pruner_and_its_first_epoch(

@@ -108,7 +108,9 @@ def test_finished_trials_inside_the_space_are_imported(tmp_path, home):
 def test_an_unknown_study_to_start_from_is_one_line_and_creates_nothing(tmp_path, home):
     path = _file(tmp_path, "new")
     result = run_main("launch", str(path), "--warm-start", "ghost")
-    assert_one_line_error(result, "no study 'ghost'", "sweep launch STUDY_FILE")
+    assert_one_line_error(
+        result, "warm start from study 'ghost': there is no such study", "none)"
+    )
     # Told before the data was built or a store created.
     folder = tmp_path / "home"
     assert not folder.exists() or not any(folder.iterdir())
@@ -116,7 +118,9 @@ def test_an_unknown_study_to_start_from_is_one_line_and_creates_nothing(tmp_path
     storage = stores.open_storage(home.storage)
     optuna.create_study(study_name="other", storage=storage)
     result = run_main("launch", str(path), "--warm-start", "ghost")
-    assert_one_line_error(result, "no study 'ghost'", "(studies there: other)")
+    assert_one_line_error(
+        result, "warm start from study 'ghost'", "(studies there: other)"
+    )
     assert not {p.name for p in folder.iterdir()} & {"mlflow.db", "cache"}
     optuna.delete_study(study_name="other", storage=storage)
     assert [s.study_name for s in storage.get_all_studies()] == []
