@@ -52,6 +52,21 @@ def _non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def _workers(text: str) -> int:
+    from sweep.workers import max_workers
+
+    value = _positive_int(text)
+    most, cores = max_workers()
+    if value > most:
+        raise argparse.ArgumentTypeError(
+            f"{value} is above {most}; expected at most {most} ({most // cores} per "
+            f"core of the {cores} this process may use: more only share the cores "
+            "and each holds its own copy of the libraries and data); on more "
+            "machines, start `sweep resume NAME` on each"
+        )
+    return value
+
+
 def _seed(text: str) -> int:
     from sweep.config import SEED_MAX
 
@@ -337,7 +352,7 @@ def _add_workers_arguments(parser: argparse.ArgumentParser) -> None:
     """--workers, and what a worker process is started with (hidden)."""
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_workers,
         default=1,
         help="worker processes on this machine, sharing its cores",
     )

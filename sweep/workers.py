@@ -17,6 +17,21 @@ import time
 
 # How long workers get to stop cleanly after a signal before they are killed.
 STOP_SECONDS = 20
+# A worker past the cores still has work while another trains (the stores,
+# its validations), so a few per core keep the cores busy; each is a Python
+# process holding the training stack and the data, so many more only fill
+# the memory.
+WORKERS_PER_CORE = 4
+
+
+def max_workers() -> tuple[int, int]:
+    """The most worker processes this machine takes, and its cores.
+
+    Returns:
+        (`WORKERS_PER_CORE` times the cores this process may use, those cores).
+    """
+    cores = len(os.sched_getaffinity(0))
+    return WORKERS_PER_CORE * cores, cores
 
 
 def core_shares(workers: int, cores: list[int] | None = None) -> list[list[int]]:

@@ -265,3 +265,11 @@ def test_a_rate_past_float32_is_refused_before_training(tmp_path):
                       env={"SWEEP_HOME": str(tmp_path / "home")})  # fmt: skip
     assert_one_line_error(result, "learning_rate = 1e+300: expected at most 3.403e+38")
     assert not (tmp_path / "home" / "cache").exists()
+
+
+def test_workers_past_a_few_per_core_are_refused():
+    from sweep.workers import max_workers
+
+    most, _ = max_workers()
+    result = run_main("resume", "s", "--workers", str(most + 1))
+    assert_one_line_error(result, f"--workers: {most + 1} is above {most}", code=2)
