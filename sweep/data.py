@@ -175,6 +175,10 @@ def load(spec: str = "auto", home: Home | Path | None = None, log=print) -> Feat
             path = cache_path(home, source.checksum)
         features = build_features(records, source)
         write_cache(path, features)
+    else:
+        # The cache is keyed by the data's checksum: the same data may now
+        # come from another path, and the one used this time is what is said.
+        features = dataclasses.replace(features, source=source.describe())
     log(f"MovieLens 100k from {features.source}")
     return features
 

@@ -136,3 +136,18 @@ def test_broken_source_leaves_no_cache(tmp_path, isolated_home):
     with pytest.raises(DataError, match=r"u\.item line 1"):
         data.load(f"grouplens:{folder}")
     assert not list((isolated_home / "cache").glob("*"))
+
+
+def test_the_same_data_from_another_folder_is_said_to_come_from_there(
+    tmp_path, isolated_home
+):
+    a = synthetic.write_grouplens(tmp_path / "a")
+    b = synthetic.write_grouplens(tmp_path / "b")
+    lines = []
+    data.load(f"grouplens:{a}", log=lines.append)
+    again = data.load(f"grouplens:{b}", log=lines.append)
+    # One cache (the same checksum), and each load names its own folder.
+    assert len(list((isolated_home / "cache").glob("*.npz"))) == 1
+    assert lines == [f"MovieLens 100k from grouplens ({a})",
+                     f"MovieLens 100k from grouplens ({b})"]  # fmt: skip
+    assert again.source == f"grouplens ({b})"
