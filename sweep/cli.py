@@ -584,10 +584,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_assignment(argument: str) -> bool:
-    return "=" in argument and not argument.startswith("-")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Runs the `sweep` command line; returns the exit code."""
     try:
@@ -611,7 +607,7 @@ def _run(argv: list[str] | None) -> int:
     args, extra = parser.parse_known_args(argv)
     # argparse fills a list of positionals only up to the first flag:
     # `enqueue NAME --storage URL depth=2` leaves `depth=2` over.
-    if extra and args.verb == "enqueue" and all(_is_assignment(a) for a in extra):
+    if extra and args.verb == "enqueue" and not any(a.startswith("-") for a in extra):
         args.values += extra
     elif extra:
         parser.parse_args(argv)  # its one-line usage error

@@ -347,11 +347,24 @@ def launched_file(name: str, text: str | None) -> Study:
     """
     if text is None:
         raise ConfigError(f"study {name!r} was not created by sweep (no study file)")
-    return parse_study(text, Path(f"<study {name}>"))
+    return parse_study(text, Path(f"<study {name}>"), stored=True)
 
 
-def parse_study(text: str, path: Path = Path("<study>")) -> Study:
-    """Validates a study file's text (see `load_study`)."""
+def parse_study(text: str, path: Path = Path("<study>"), stored: bool = False) -> Study:
+    """Validates a study file's text (see `load_study`).
+
+    Args:
+        text: The file's text.
+        path: Its path, for messages.
+        stored: The text a study keeps (`launched_file`): what earlier versions
+            accepted is read as they read it, since it cannot be edited.
+
+    Returns:
+        The study, every value checked.
+
+    Raises:
+        ConfigError: The text is not TOML, or a value is not valid.
+    """
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -389,7 +402,11 @@ def parse_study(text: str, path: Path = Path("<study>")) -> Study:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise read.fail("[study] seed", seed, f"a whole number from 0 to {SEED_MAX}")
     pruner = read.choice(table, "[study] ", "pruner", PRUNERS, "median")
-    if pruner == "none" and "prune_from_epoch" in table:
+    if pruner == "none" and "prune_from_epoch" in table and stored:
+        # Kept by a study launched when the key was accepted here: it never
+        # pruned, and its text cannot be edited.
+        table = {k: v for k, v in table.items() if k != "prune_from_epoch"}
+    elif pruner == "none" and "prune_from_epoch" in table:
         raise read.fail(
             "[study] prune_from_epoch",
             table["prune_from_epoch"],

@@ -52,7 +52,7 @@ class Hyperparameter:
     width: int
     number_format: str
     sizes_model: bool = False
-    maximum: tuple[int, str] | None = None
+    maximum: tuple[float, str] | None = None
 
     @property
     def flag(self) -> str:
@@ -112,7 +112,7 @@ SEARCHED = (
         "lr", 8, ".4g",
         maximum=(
             FLOAT32_MAX,
-            f"at most {FLOAT32_MAX:.4g}: the model trains in float32, where a "
+            f"at most {FLOAT32_MAX:.1e}: the model trains in float32, where a "
             "larger rate is infinite (rates above 1 rarely train at all)",
         ),
     ),
@@ -126,6 +126,9 @@ def of_trial(trial) -> dict:
 
     Args:
         trial: An Optuna `FrozenTrial`.
+
+    Returns:
+        Each param's name and value (empty for a trial that has none yet).
     """
     # Optuna keeps a queued trial's values in a system attr until it runs.
     return trial.params or trial.system_attrs.get("fixed_params", {})

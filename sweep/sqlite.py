@@ -21,7 +21,8 @@ import sqlite3
 from pathlib import Path
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
 
 from sweep.errors import SweepError
 
@@ -29,8 +30,18 @@ PREFIX = "sqlite:///"
 
 
 def path_of(url: str) -> Path | None:
-    """The database file of a SQLite URL; None for other databases."""
-    return Path(url[len(PREFIX) :]) if url.startswith(PREFIX) else None
+    """The database file of a SQLite URL; None for other databases.
+
+    Read as SQLAlchemy (so Optuna and MLflow) reads it: `%20` is a space and a
+    `?query` is not part of the path.
+    """
+    if not url.startswith(PREFIX):
+        return None
+    try:
+        database = make_url(url).database
+    except ArgumentError:
+        return Path(url[len(PREFIX) :])
+    return Path(database) if database and database != ":memory:" else None
 
 
 def check_owner(url: str, table: str, store: str, flag: str) -> None:
@@ -56,13 +67,17 @@ def check_owner(url: str, table: str, store: str, flag: str) -> None:
     # A plain connection that only reads: a read-only one would leave a WAL
     # file's -wal and -shm behind.
     with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
-        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        rows = db.execute(
+            "SELECT name FROM sqlite_master"
+            " WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
         tables = sorted(name for (name,) in rows)
     if tables and table not in tables:
         shown = ", ".join(tables[:4]) + (", ..." if len(tables) > 4 else "")
         raise SweepError(
             f"{path} is not {store}: it holds another program's tables ({shown}); "
-            f"expected a file of its own: check {flag}"
+            f"expected a file of its own: check {flag} (or its environment "
+            "variable, or SWEEP_HOME)"
         )
 
 

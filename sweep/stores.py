@@ -132,6 +132,11 @@ def check_tracking_file(uri: str, must_exist: bool = True, given: bool = True) -
     try:
         sqlite.check_owner(uri, "experiments", "an MLflow tracking store",
                            "--tracking-uri")  # fmt: skip
+    except sqlite3.OperationalError as e:  # e.g. locked by a writer
+        raise SweepError(
+            f"cannot read the MLflow tracking store {path} ({e}); try again once "
+            "the process writing it is done"
+        ) from None
     except sqlite3.DatabaseError as e:
         raise SweepError(
             f"{path} is not an MLflow tracking store ({e}); check --tracking-uri"

@@ -61,12 +61,22 @@ def sources(
 
 
 def missing(name: str, url: str, known: list[str]) -> SweepError:
-    """The one line for a study to warm-start from that is not in `url`."""
+    """The one line for a study to warm-start from that is not in `url`.
+
+    Args:
+        name: The study asked for.
+        url: The storage it was looked for in.
+        known: The studies that are there.
+
+    Returns:
+        The error to raise.
+    """
     there = ", ".join(sorted(n for n in known if not confirm.is_companion(n)))
     return SweepError(
         f"warm start from study {name!r}: there is no such study in "
         f"{servers.redact(url)} (studies there: {there or 'none'}); expected a "
-        "study of the same storage, named in [study] warm_start or --warm-start"
+        "finished study of the same storage: launch it first, or take it out of "
+        "[study] warm_start / --warm-start"
     )
 
 

@@ -263,7 +263,7 @@ def test_reading_verbs_refuse_a_missing_or_unreachable_tracking_store(tmp_path):
 def test_a_rate_past_float32_is_refused_before_training(tmp_path):
     result = run_main("train", "--learning-rate", "1e300",
                       env={"SWEEP_HOME": str(tmp_path / "home")})  # fmt: skip
-    assert_one_line_error(result, "learning_rate = 1e+300: expected at most 3.403e+38")
+    assert_one_line_error(result, "learning_rate = 1e+300: expected at most 3.4e+38")
     assert not (tmp_path / "home" / "cache").exists()
 
 

@@ -194,7 +194,7 @@ BAD = {
             "learning_rate = { low = 0.01, high = 0.5, log = true }",
             "learning_rate = { low = 0.01, high = 1e300, log = true }",
         ),
-        "[space] learning_rate.high = 1e+300: expected at most 3.403e+38",
+        "[space] learning_rate.high = 1e+300: expected at most 3.4e+38",
     ),
     "unknown data key": (
         ("[space]", "[data]\nsource = 1\n[space]"),
@@ -284,3 +284,13 @@ def test_largest_point_respects_the_step():
         "depth = { low = 1, high = 3 }", "depth = { low = 1, high = 4, step = 2 }"
     )
     assert parse_study(text).space["depth"].largest() == 3
+
+
+def test_a_stored_study_text_is_read_as_it_was_accepted(tmp_path):
+    # A study keeps its file's text; one launched when prune_from_epoch was
+    # accepted beside no pruner still resumes (the key meant nothing there).
+    text = GOOD.replace('pruner = "median"', 'pruner = "none"\nprune_from_epoch = 2')
+    study = parse_study(text, stored=True)
+    assert study.study.pruner == "none" and study.study.prune_from_epoch is None
+    with pytest.raises(ConfigError, match="expected a pruner beside it"):
+        load_study(write(tmp_path, text))

@@ -123,3 +123,12 @@ def test_an_unknown_flag_after_the_values_is_still_a_usage_error(queued):
     result = run_main("enqueue", "s", *PICK, "--bogus")
     assert_one_line_error(result, "unrecognized arguments: --bogus", code=2)
     assert _waiting(study) == []
+
+
+def test_a_value_without_its_name_after_a_flag_is_told_as_such(queued):
+    study, _ = queued
+    before = run_main("enqueue", "s", "depth", "2")
+    after = run_main("enqueue", "s", "--server-wait", "5s", "depth", "2")
+    assert after.returncode == before.returncode == 1
+    assert after.stderr == before.stderr and "unrecognized" not in after.stderr
+    assert _waiting(study) == []
