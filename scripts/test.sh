@@ -23,9 +23,9 @@ fi
 bash scripts/setup.sh
 .venv/bin/ruff check sweep tests benchmarks
 .venv/bin/ruff format --check sweep tests benchmarks
-# Three workers on two cores, each taking whole test modules (so a module's
-# fixtures, a launched study or a server, are made once; tests/conftest.py
-# keeps the smoke study's readers together): much of a test is waiting on a
-# sweep process or a server, so one worker more than the cores keeps them
-# busy. `-n 0`: one process.
+# Three workers, each taking whole test modules (so a module's fixtures, a
+# launched study or a server, are made once; tests/conftest.py keeps the smoke
+# study's readers together). The suite is sized for two cores: much of a test
+# is waiting on a sweep process or a server, so one worker more than the cores
+# keeps them busy. `-n 0`: one process.
 exec .venv/bin/python -m pytest -n 3 --dist loadfile "$@"

@@ -235,6 +235,8 @@ def test_bad_input_is_one_line_and_writes_nothing(smoke, exported, tmp_path, arg
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
+# Last in the module: it registers new versions of the shared smoke export
+# (the alias test above counts versions from the fixture's).
 def test_a_registry_refusal_after_the_move_is_one_line_and_force_registers(
     smoke, exported, tmp_path
 ):
