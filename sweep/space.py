@@ -79,7 +79,8 @@ def make_sampler(
 
     Args:
         settings: The `[study]` table.
-        offset: 0 for a new study; on resume, past the trials run so far.
+        offset: 0 for a new study (or the trials a warm start imported); on
+            resume, past the trials run so far.
         worker: The worker's index, so parallel workers propose apart.
     """
     seed = settings.seed

@@ -102,6 +102,11 @@ def launch(
         raise _exists(settings.name, stores.storage)
     # Before anything is created: every study to start from must exist.
     sources = warmstart.sources(storage, stores.storage, settings.warm_start)
+    imports = [
+        warmstart.collect(source, study_file, space.distributions(study_file))
+        for source in sources
+    ]
+    imported = [trial for i in imports for trial in i.trials]
     experiment_id = tracker.experiment(settings.name, list(study_file.space))
     parent_run_id = tracker.start_study_run(
         experiment_id, settings.name, {keys.STUDY_FILE_TAG: study_file.path.name}
@@ -110,7 +115,10 @@ def launch(
         study = optuna.create_study(
             study_name=settings.name,
             storage=storage,
-            sampler=space.make_sampler(settings, 0),
+            # Seeded past the imported trials, as a resumed study is past its
+            # own: a source launched with the same seed and sampler would
+            # otherwise be proposed again, point for point.
+            sampler=space.make_sampler(settings, len(imported)),
             pruner=space.make_pruner(settings, study_file.training),
             direction="maximize",
         )
@@ -123,11 +131,6 @@ def launch(
         raise SweepError(
             f"study {settings.name!r} was just created elsewhere"
         ) from None
-    imports = [
-        warmstart.collect(source, study_file, space.distributions(study_file))
-        for source in sources
-    ]
-    imported = [trial for i in imports for trial in i.trials]
     # Before the baselines: the imported trials are numbered first.
     study.add_trials(imported)
     note = None

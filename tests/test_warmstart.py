@@ -6,7 +6,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweep import config, keys, stores, study
+from sweep import config, keys, space, stores, study
 from sweep.errors import ConfigError
 from tests.helpers import STUDY, assert_one_line_error, run_main
 
@@ -18,9 +18,9 @@ OLD_SPACE = {
 }
 
 
-def _file(tmp_path, name, rates="0.05, 0.1", baselines=""):
+def _file(tmp_path, name, rates="0.05, 0.1", baselines="", sampler="tpe"):
     path = tmp_path / f"{name}.toml"
-    path.write_text(STUDY.format(name=name, n_trials=2, sampler="tpe", rates=rates,
+    path.write_text(STUDY.format(name=name, n_trials=2, sampler=sampler, rates=rates,
                                  baselines=baselines))  # fmt: skip
     return path
 
@@ -198,3 +198,25 @@ def test_joining_with_another_file_is_refused_before_the_data(tmp_path, home):
                           "[study] seed: 3 -> 4")  # fmt: skip
     # Told before the data was built or the MLflow store made.
     assert not {p.name for p in (tmp_path / "home").iterdir()} & {"mlflow.db", "cache"}
+
+
+def test_a_warm_start_from_a_twin_study_does_not_propose_its_points_again(
+    tmp_path, home
+):
+    # The source ran the same file (seed, random sampler): its trials are the
+    # first proposals a study of that seed makes.
+    storage = stores.open_storage(home.storage)
+    path = _file(tmp_path, "old", sampler="random")
+    old = config.load_study(path)
+    twin = optuna.create_study(storage=storage, study_name="old",
+                               sampler=space.make_sampler(old.study),
+                               direction="maximize")  # fmt: skip
+    twin.set_user_attr(keys.STUDY_FILE_ATTR, path.read_text())
+    for _ in range(4):
+        twin.tell(twin.ask(space.distributions(old)), 0.3)
+    proposed = [t.params for t in twin.trials]
+    new = config.load_study(_file(tmp_path, "new", sampler="random"))
+    session = study.launch(config.with_warm_start(new, ["old"]), home)
+    assert session.imported == 4
+    fresh = [session.study.ask(space.distributions(new)).params for _ in range(4)]
+    assert fresh != proposed
