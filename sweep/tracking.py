@@ -43,7 +43,7 @@ EXPERIMENT_KIND = {keys.EXPERIMENT_KIND_TAG: "custom_model_development"}
 VIEW_KEY = "sweep-trials"
 VIEW_TAG = f"{keys.SHARED_VIEW_TAG}{VIEW_KEY}"
 # How long a refused write to a just-created experiment is tried again
-# (`Tracker._tag_existing`).
+# (`Tracker._write`).
 PERMISSION_LAG_SECONDS = 10
 # The runs table's metric columns (the second is its sort order).
 TRIAL_METRICS = (keys.VAL_ACCURACY, keys.BEST_ACCURACY, keys.BEST_EPOCH)
@@ -185,7 +185,13 @@ class Tracker:
             for key, value in tags.items():
                 # Unchanged tags are not written: a worker may read them only.
                 if experiment.tags.get(key) != value:
-                    self._tag_existing(experiment.experiment_id, key, value)
+                    self._write(
+                        experiment.experiment_id,
+                        self.client.set_experiment_tag,
+                        experiment.experiment_id,
+                        key,
+                        value,
+                    )
             return experiment.experiment_id
         location = None
         if self.artifact_root is not None:
@@ -203,8 +209,17 @@ class Tracker:
                 ) from None
             return experiment.experiment_id
 
-    def _tag_existing(self, experiment_id: str, key: str, value: str) -> None:
-        """Sets a tag on an experiment another process may have just created.
+    def _write(self, experiment_id: str, call: Callable, *args, **kwargs):
+        """Makes a write to an experiment another process may have just created.
+
+        Args:
+            experiment_id: The experiment written to (for the message).
+            call: The client's method.
+            *args: Its positional arguments.
+            **kwargs: Its keyword arguments.
+
+        Returns:
+            What `call` returns.
 
         Raises:
             SweepError: The tracking server refuses this user the write.
@@ -215,8 +230,7 @@ class Tracker:
         deadline = time.monotonic() + PERMISSION_LAG_SECONDS
         while True:
             try:
-                self.client.set_experiment_tag(experiment_id, key, value)
-                return
+                return call(*args, **kwargs)
             except MlflowException as e:
                 if e.error_code != "PERMISSION_DENIED":
                     raise
@@ -232,7 +246,9 @@ class Tracker:
 
     def start_study_run(self, experiment_id: str, study_name: str, tags: dict) -> str:
         """Creates the study's parent run; returns its id."""
-        run = self.client.create_run(
+        run = self._write(
+            experiment_id,
+            self.client.create_run,
             experiment_id,
             run_name=study_name,
             tags={ROLE_TAG: "study", keys.STUDY_NAME_TAG: study_name, **tags},
@@ -256,7 +272,9 @@ class Tracker:
         """
         start = time.perf_counter()
         run_name = run_name or f"trial-{trial_number}"
-        run = self.client.create_run(
+        run = self._write(
+            experiment_id,
+            self.client.create_run,
             experiment_id,
             run_name=run_name,
             tags={

@@ -147,6 +147,9 @@ def test_another_user_reads_the_experiment_and_is_refused_a_change_in_one_line(
     monkeypatch.setattr(tracking, "PERMISSION_LAG_SECONDS", 1)
     with pytest.raises(SweepError, match="refuses this user writes to experiment"):
         reader.experiment("shared", ["depth", "width"])
+    # Its runs likewise: one line, not MLflow's 403 traceback.
+    with pytest.raises(SweepError, match="refuses this user writes to experiment"):
+        reader.start_study_run(owned, "shared", {})
 
 
 def in_flight(poll: postgres.StudyPoll) -> set[int]:
