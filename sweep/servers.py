@@ -45,7 +45,8 @@ MAX_DELAY_SECONDS = 10.0
 # database name is the user's to fix, and is reported at once.
 _PERMANENT = re.compile(
     r"authentication failed|does not exist|no pg_hba\.conf entry|"
-    r"no password supplied|permission denied|invalid dsn|invalid connection option",
+    r"no password supplied|permission denied|invalid dsn|invalid connection option|"
+    r"does not support SSL",
     re.IGNORECASE,
 )
 # SQLSTATE classes of a lost or refused connection: 08 connection exception,
@@ -53,7 +54,9 @@ _PERMANENT = re.compile(
 # connections.
 _TRANSIENT_SQLSTATE = re.compile(r"08...|57P0[123]|53300")
 _HTTP_STATUS = re.compile(r"error code (\d{3}) != 200")
-_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+# The reason stops at a quote, a parenthesis or a line's end: SQLAlchemy adds
+# "(Background on this error at: ...)" on a line of its own.
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\n]+)")
 
 
 class ServerUnavailable(BaseException):  # noqa: N818 (a stop, like KeyboardInterrupt)
@@ -151,6 +154,10 @@ def is_transient(error: BaseException) -> bool:
         if isinstance(e, requests.exceptions.HTTPError):
             status = getattr(e.response, "status_code", None)
             return status is not None and (status >= 500 or status in (408, 429))
+        if isinstance(e, requests.exceptions.SSLError):
+            # https to a plain-http server, or a certificate it does not
+            # trust: a URL or a setup to fix, not a restart.
+            return False
         if isinstance(
             e,
             (

@@ -4,6 +4,7 @@ The errors are real ones: a PostgreSQL server stopped and started again, a
 port where nothing listens, a SQLite file that is not a database.
 """
 
+import http.server
 import sqlite3
 import threading
 import time
@@ -47,6 +48,29 @@ def test_transient_and_permanent_errors(postgres_server, tmp_path, monkeypatch):
         error_of(lambda: sqlite3.connect(bad).execute("select * from sqlite_master"))
     )
     assert not servers.is_transient(ValueError("connection refused"))
+
+
+def test_a_wrong_scheme_or_ssl_setting_is_not_waited_for(postgres_server, monkeypatch):
+    # SSL asked of a server without it: a setting to fix, told at once.
+    ssl = f"postgresql://sweep@127.0.0.1:{postgres_server.port}/sweep?sslmode=require"
+    assert not servers.is_transient(
+        error_of(lambda: sqlalchemy.create_engine(ssl).connect())
+    )
+    # https to a plain-http server.
+    plain = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        client = mlflow.MlflowClient(f"https://127.0.0.1:{plain.server_port}")
+        assert not servers.is_transient(error_of(client.search_experiments))
+    finally:
+        plain.shutdown()
+
+
+def test_an_unknown_host_is_one_line():
+    unknown = "postgresql://sweep@nosuchhost.invalid:5432/sweep"
+    error = error_of(lambda: sqlalchemy.create_engine(unknown).connect())
+    assert servers.one_line(error) == "Name or service not known"
 
 
 def test_a_call_waits_for_the_server_then_gives_up_at_once(capfd):
