@@ -471,7 +471,12 @@ def export(
             if result.alias
             else f"models:/{name}/{result.model_version}"
         )
-        print(f"serve it: sweep recommend --model {model} --user-id 1")
+        where = (
+            ""
+            if stores.default_tracking
+            else f" --tracking-uri {servers.redact(stores.tracking_uri)}"
+        )
+        print(f"serve it: sweep recommend --model {model} --user-id 1{where}")
     return 0
 
 

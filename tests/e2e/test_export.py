@@ -235,8 +235,8 @@ def test_bad_input_is_one_line_and_writes_nothing(smoke, exported, tmp_path, arg
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
-# Last in the module: it registers new versions of the shared smoke export
-# (the alias test above counts versions from the fixture's).
+# After the alias test above, which counts versions from the fixture's: this
+# one (and the next) register new versions of the shared smoke export.
 def test_a_registry_refusal_after_the_move_is_one_line_and_force_registers(
     smoke, exported, tmp_path
 ):
@@ -276,3 +276,21 @@ def test_a_registry_refusal_after_the_move_is_one_line_and_force_registers(
     assert result.returncode == 0, result.stderr
     champion = client.get_model_version_by_alias("smoke", "champion")
     assert int(champion.version) > int(before)
+
+
+def test_the_printed_serve_command_runs_as_printed(smoke, exported, tmp_path):
+    _, _, _, home = smoke
+    # The tracking store named by a flag (this spelling is not the home's
+    # default): the printed command carries it.
+    uri = f"sqlite:///{home}/./mlflow.db"
+    out = tmp_path / "flagged"
+    result = sweep_in(home, "export", "smoke", "--out", str(out), "--data-source",
+                      "recbole", "--tracking-uri", uri)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("serve it: ")]
+    assert line.endswith(f"--tracking-uri {uri}")
+    # Run from another home, as printed.
+    command = line.removeprefix("serve it: sweep ").split()
+    served = run_sweep(*command, env={"SWEEP_HOME": str(tmp_path / "elsewhere")})
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.startswith("top 10 movies for user 1")
