@@ -40,6 +40,24 @@ def server_name(url: str) -> str:
     return f"the Optuna storage {servers.redact(url)}"
 
 
+def table_names(url: str) -> list[str]:
+    """The tables of the database at `url` (not a SQLite one), read only.
+
+    Waits for a server that is restarting, as `Storage` does.
+    """
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    def read() -> list[str]:
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+        try:
+            return sqlalchemy.inspect(engine).get_table_names()
+        finally:
+            engine.dispose()
+
+    return servers.Server(server_name(url)).call(read)
+
+
 class Storage(RDBStorage):
     """`RDBStorage` whose calls wait for a database server that is restarting.
 

@@ -22,6 +22,7 @@ import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 
 from sweep import confirm, servers, sqlite
+from sweep import storage as storage_module
 from sweep.errors import SweepError
 from sweep.home import Home
 from sweep.retries import (
@@ -174,7 +175,10 @@ def open_storage(
         # Wait for a busy database instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     with _storage_errors(servers.redact(url)):
-        sqlite.check_owner(url, "studies", "an Optuna storage", "--storage")
+        if sqlite.path_of(url) is not None:
+            sqlite.check_owner(url, "studies", "an Optuna storage", "--storage")
+        else:
+            _check_database(url, storage_module.table_names(url))
         sqlite.use_wal(url)
         with sqlite.setup_lock(url):
             for attempt in range(3):  # returns, or raises on the last
@@ -195,6 +199,20 @@ def open_storage(
                     if attempt == 2:
                         raise
                     time.sleep(1 + attempt)
+
+
+def _check_database(url: str, tables: list[str]) -> None:
+    """Refuses a database server's database that holds another program's tables.
+
+    Optuna would add its own beside them (MLflow's, say).
+    """
+    if tables and "studies" not in tables:
+        shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+        raise SweepError(
+            f"the database {servers.redact(url)!r} is not an Optuna storage: it "
+            f"holds another program's tables ({shown}); expected a database of "
+            "its own: check --storage (or SWEEP_STORAGE)"
+        )
 
 
 @contextlib.contextmanager
@@ -267,6 +285,18 @@ def open_existing_storage(
             "a study first (sweep launch STUDY_FILE), or pass --storage / set "
             "SWEEP_HOME to where it ran"
         )
+    if path is None:
+        # A database without tables is not made a storage by reading it.
+        with _storage_errors(servers.redact(url)):
+            empty = not storage_module.table_names(url)
+        if empty and name is None:
+            return None
+        if empty:
+            raise SweepError(
+                f"no study {name!r}: the database {servers.redact(url)!r} holds "
+                "no Optuna storage; launch a study there first (sweep launch "
+                "STUDY_FILE --storage URL), or check --storage"
+            )
     storage = open_storage(url)
     if name is not None:
         check_exists(storage, url, name)

@@ -18,7 +18,7 @@ import sqlalchemy
 from sweep import servers, storage
 from sweep import stores as stores_module
 from tests import postgres
-from tests.helpers import run_sweep, start_sweep
+from tests.helpers import assert_one_line_error, run_main, run_sweep, start_sweep
 
 
 def error_of(call):
@@ -249,3 +249,21 @@ def test_unreachable_or_refusing_stores_are_named_in_one_line(
     (line,) = status.stderr.splitlines()
     assert line.startswith("sweep status: error: cannot open the Optuna storage")
     assert 'database "no_such_db" does not exist' in line
+
+
+def test_reading_a_database_never_makes_it_an_optuna_storage(postgres_server):
+    empty = postgres_server.create_database("not_yet_a_storage")
+    result = run_main("status", "--storage", empty)
+    assert result.returncode == 0 and "no studies" in result.stdout, result.stderr
+    result = run_main("best", "s", "--storage", empty)
+    assert_one_line_error(result, "no study 's'", "holds no Optuna storage")
+    assert storage.table_names(empty) == []
+    # MLflow's database: refused, and left without Optuna's tables.
+    mlflow_db = postgres_server.create_database("mlflow_tables")
+    mlflow.MlflowClient(mlflow_db).search_experiments()
+    before = storage.table_names(mlflow_db)
+    assert "experiments" in before
+    for args in (["status"], ["trials", "s"], ["launch", "studies/smoke.toml"]):
+        result = run_main(*args, "--storage", mlflow_db)
+        assert_one_line_error(result, "is not an Optuna storage", "program's tables")
+    assert storage.table_names(mlflow_db) == before
