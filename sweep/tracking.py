@@ -15,7 +15,6 @@ and one whose write failed is made again synchronously.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -103,7 +102,17 @@ class RetryingClient:
         if not callable(attribute):
             return attribute
         if self._server is not None:
-            return functools.partial(self._server.call, attribute)
+            server = self._server
+
+            def through_server(*args, **kwargs):
+                if kwargs.get("synchronous") is False:
+                    # Only queued here: its return says nothing of the server,
+                    # and must not end an outage (`TrialRun._check_pending`
+                    # reads the write's own outcome).
+                    return attribute(*args, **kwargs)
+                return server.call(attribute, *args, **kwargs)
+
+            return through_server
 
         def call(*args, **kwargs):
             for attempt in range(self.ATTEMPTS):

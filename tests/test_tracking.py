@@ -146,3 +146,24 @@ def test_a_folder_uploaded_in_the_background_is_all_there_when_the_run_ends(
     run.finish("COMPLETE")
     names = {f.path for f in tracker.client.list_artifacts(run.run_id, "best")}
     assert names == {"best/model.weights.h5", "best/info.json"}
+
+
+def test_a_queued_batch_does_not_end_an_outage(tmp_path, capfd):
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from sweep import servers
+
+    server = servers.Server("the MLflow tracking server under test", wait=60)
+    client = RetryingClient(MlflowClient(f"sqlite:///{tmp_path / 'm.db'}"), server)
+    run = client.create_run(client.create_experiment("e")).info.run_id
+    server.failed(ConnectionError("connection refused"))
+    # Queued for MLflow's logging thread: no answer from the server yet.
+    metric = Metric("loss", 1.0, 0, 1)
+    client.log_batch(run, metrics=[metric], synchronous=False).wait()
+    assert server.unsettled(0)
+    assert "is back" not in capfd.readouterr().err
+    # A call that went through ends it.
+    client.log_batch(run, metrics=[metric])
+    assert not server.unsettled(0)
+    assert "is back after" in capfd.readouterr().err
