@@ -221,9 +221,15 @@ def _storage_errors(shown: str) -> Iterator[None]:
     try:
         yield
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
+        # SQLAlchemy knows PostgreSQL as postgresql:// only.
+        hint = (
+            " (postgres:// is spelled postgresql://)"
+            if shown.startswith(("postgres:", "postgres+"))
+            else ""
+        )
         raise SweepError(
             f"storage {shown!r} is not a database URL ({servers.one_line(e)}); "
-            "expected e.g. sqlite:///path/optuna.db or postgresql://user@host/db"
+            f"expected e.g. sqlite:///path/optuna.db or postgresql://user@host/db{hint}"
         ) from None
     except (
         sqlalchemy.exc.OperationalError,
@@ -244,7 +250,9 @@ def _storage_errors(shown: str) -> Iterator[None]:
         ) from None
     except ImportError as e:
         raise SweepError(
-            f"storage {shown!r} needs a database driver that is not installed ({e})"
+            f"storage {shown!r} needs a database driver that is not installed "
+            f"({e}); sweep installs those of sqlite:/// and postgresql:// "
+            "(psycopg 3)"
         ) from None
 
 

@@ -32,6 +32,8 @@ def test_flags_then_environment_then_the_homes_files(tmp_path, monkeypatch):
     [
         ("notaurl", "is not a database URL"),
         ("nosuchdriver://u@h/db", "is not a database URL"),
+        ("postgres://u@h/db", "(postgres:// is spelled postgresql://)"),
+        ("mysql://u@127.0.0.1:9/db", "sweep installs those of sqlite:/// and"),
     ],
 )
 def test_a_bad_storage_url_is_one_line(url, fragment):
