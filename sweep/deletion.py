@@ -226,6 +226,10 @@ def _delete_experiment(stores: Stores, deletion: Plan) -> None:
         if folder is not None:
             # The run's own folder, which holds its `artifacts/`, on this disk.
             shutil.rmtree(folder.parent, ignore_errors=True)
+    if is_server(stores.tracking_uri) and (deletion.models or not deletion.versions):
+        # No registered version needs the exports' logged models any more; a
+        # server keeps their files (a local store's folder goes below).
+        _delete_logged_models(client, experiment_id, stores.tracking_uri)
     if experiment.name == deletion.name:
         # A deleted experiment keeps its name taken; this one no longer needs it.
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
@@ -241,6 +245,28 @@ def _delete_experiment(stores: Stores, deletion: Plan) -> None:
     if folder is not None:
         # The experiment's own folder (its logged models' files, now unused).
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _delete_logged_models(client, experiment_id: str, tracking_uri: str) -> None:
+    """Deletes the experiment's logged models (an export's), files included."""
+    from mlflow.store.artifact.artifact_repository_registry import (
+        get_artifact_repository,
+    )
+
+    models, token = [], None
+    while True:  # every page first: deleting shifts the later ones
+        page = client.search_logged_models([experiment_id], page_token=token)
+        models += list(page)
+        token = page.token
+        if not token:
+            break
+    for model in models:
+        repository = get_artifact_repository(
+            model.artifact_location, tracking_uri=tracking_uri
+        )
+        with contextlib.suppress(FileNotFoundError):
+            repository.delete_artifacts()
+        client.delete_logged_model(model.model_id)
 
 
 def _local_path(uri: str) -> Path | None:

@@ -330,8 +330,18 @@ def test_warm_start_and_delete_on_the_stack(
     assert trials[0].user_attrs[RUN_ID_ATTR] == source.trials[0].user_attrs[RUN_ID_ATTR]
     assert trials[0].value == source.trials[0].value
 
-    deleted = run_sweep("delete", "gone", "--yes", *stores, env=env)
+    # An export registers a version, which a logged model (with its files)
+    # backs on the server.
+    exported = run_sweep("export", "gone", "--out", str(tmp_path / "export"),
+                         *stores, *data, env=env)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert list(client.search_logged_models([experiment_id]))
+    assert list(stack.artifacts.rglob(f"{experiment_id}/models/*/artifacts/*"))
+
+    deleted = run_sweep("delete", "gone", "--yes", "--models", *stores, env=env)
     assert deleted.returncode == 0, deleted.stderr
+    assert not list(client.search_logged_models([experiment_id]))
+    assert not list(stack.artifacts.rglob(f"{experiment_id}/models/*/artifacts/*"))
     assert "gone" not in optuna.get_all_study_names(stack.worker_storage)
     assert client.get_experiment_by_name("gone") is None
     assert client.get_experiment(experiment_id).lifecycle_stage == "deleted"
