@@ -402,17 +402,17 @@ def parse_study(text: str, path: Path = Path("<study>"), stored: bool = False) -
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise read.fail("[study] seed", seed, f"a whole number from 0 to {SEED_MAX}")
     pruner = read.choice(table, "[study] ", "pruner", PRUNERS, "median")
-    if pruner == "none" and "prune_from_epoch" in table and stored:
+    if pruner == "none" and "prune_from_epoch" in table:
+        if not stored:
+            raise read.fail(
+                "[study] prune_from_epoch",
+                table["prune_from_epoch"],
+                'a pruner beside it (pruner is "none": no trial is stopped); '
+                "remove the key or choose a pruner",
+            )
         # Kept by a study launched when the key was accepted here: it never
         # pruned, and its text cannot be edited.
         table = {k: v for k, v in table.items() if k != "prune_from_epoch"}
-    elif pruner == "none" and "prune_from_epoch" in table:
-        raise read.fail(
-            "[study] prune_from_epoch",
-            table["prune_from_epoch"],
-            'a pruner beside it (pruner is "none": no trial is stopped); remove '
-            "the key or choose a pruner",
-        )
     study = StudySettings(
         name=name,
         n_trials=read.integer(table, "[study] ", "n_trials"),

@@ -209,19 +209,11 @@ def delete(stores: Stores, deletion: Plan) -> None:
 
 def _delete_experiment(stores: Stores, deletion: Plan) -> None:
     """Deletes the runs' artifacts, frees the experiment's name, deletes it."""
-    from mlflow.store.artifact.artifact_repository_registry import (
-        get_artifact_repository,
-    )
-
     client = deletion.tracker.client
     experiment = deletion.experiment
     experiment_id = experiment.experiment_id
     for uri in deletion.runs:
-        repository = get_artifact_repository(uri, tracking_uri=stores.tracking_uri)
-        try:
-            repository.delete_artifacts()
-        except FileNotFoundError:
-            pass  # nothing was logged, or a deletion cut short removed them
+        _delete_artifacts(uri, stores.tracking_uri)
         folder = _local_path(uri)
         if folder is not None:
             # The run's own folder, which holds its `artifacts/`, on this disk.
@@ -249,10 +241,6 @@ def _delete_experiment(stores: Stores, deletion: Plan) -> None:
 
 def _delete_logged_models(client, experiment_id: str, tracking_uri: str) -> None:
     """Deletes the experiment's logged models (an export's), files included."""
-    from mlflow.store.artifact.artifact_repository_registry import (
-        get_artifact_repository,
-    )
-
     models, token = [], None
     while True:  # every page first: deleting shifts the later ones
         page = client.search_logged_models([experiment_id], page_token=token)
@@ -261,12 +249,20 @@ def _delete_logged_models(client, experiment_id: str, tracking_uri: str) -> None
         if not token:
             break
     for model in models:
-        repository = get_artifact_repository(
-            model.artifact_location, tracking_uri=tracking_uri
-        )
-        with contextlib.suppress(FileNotFoundError):
-            repository.delete_artifacts()
+        _delete_artifacts(model.artifact_location, tracking_uri)
         client.delete_logged_model(model.model_id)
+
+
+def _delete_artifacts(uri: str, tracking_uri: str) -> None:
+    """Deletes the artifacts under `uri` through MLflow's artifact repository."""
+    from mlflow.store.artifact.artifact_repository_registry import (
+        get_artifact_repository,
+    )
+
+    repository = get_artifact_repository(uri, tracking_uri=tracking_uri)
+    # Nothing was logged there, or a deletion cut short removed it.
+    with contextlib.suppress(FileNotFoundError):
+        repository.delete_artifacts()
 
 
 def _local_path(uri: str) -> Path | None:

@@ -30,10 +30,11 @@ FORMATS = ("table", "csv", "json")
 def trial_record(trial: FrozenTrial) -> dict:
     """One trial as a record (`value`: its best val top-100 accuracy so far)."""
     attrs = trial.user_attrs
+    values = params.of_trial(trial)
     return {
         "number": trial.number,
         "state": trial.state.name,
-        "params": {name: params.of_trial(trial).get(name) for name in params.NAMES},
+        "params": {name: values.get(name) for name in params.NAMES},
         "value": summary.best_accuracy(trial),
         "best_epoch": attrs.get(keys.BEST_EPOCH_ATTR),
         "pruned_at_epoch": attrs.get(keys.PRUNED_AT_ATTR),

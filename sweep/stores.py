@@ -168,17 +168,26 @@ def open_storage(
         max_retries: How many times a stale trial is retried.
 
     Raises:
-        SweepError: The URL is not a database URL or the database is unreachable.
+        SweepError: The URL is not a database URL, the database is unreachable
+            or holds another program's tables.
     """
-    engine_kwargs = {}
-    if url.startswith("sqlite"):
-        # Wait for a busy database instead of failing at once.
-        engine_kwargs = {"connect_args": {"timeout": 60}}
     with _storage_errors(servers.redact(url)):
         if sqlite.path_of(url) is not None:
             sqlite.check_owner(url, "studies", "an Optuna storage", "--storage")
         else:
             _check_database(url, storage_module.table_names(url))
+    return _open(url, tracker, max_retries)
+
+
+def _open(
+    url: str, tracker: Tracker | None = None, max_retries: int = DEFAULT_MAX_RETRIES
+) -> optuna.storages.RDBStorage:
+    """`open_storage` once the database is known not to be another program's."""
+    engine_kwargs = {}
+    if url.startswith("sqlite"):
+        # Wait for a busy database instead of failing at once.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    with _storage_errors(servers.redact(url)):
         sqlite.use_wal(url)
         with sqlite.setup_lock(url):
             for attempt in range(3):  # returns, or raises on the last
@@ -296,16 +305,19 @@ def open_existing_storage(
     if path is None:
         # A database without tables is not made a storage by reading it.
         with _storage_errors(servers.redact(url)):
-            empty = not storage_module.table_names(url)
-        if empty and name is None:
+            tables = storage_module.table_names(url)
+        if not tables and name is None:
             return None
-        if empty:
+        if not tables:
             raise SweepError(
                 f"no study {name!r}: the database {servers.redact(url)!r} holds "
                 "no Optuna storage; launch a study there first (sweep launch "
                 "STUDY_FILE --storage URL), or check --storage"
             )
-    storage = open_storage(url)
+        _check_database(url, tables)
+        storage = _open(url)
+    else:
+        storage = open_storage(url)
     if name is not None:
         check_exists(storage, url, name)
     return storage
